@@ -1,0 +1,277 @@
+"""One configuration for every script: the glossary of the project.
+
+Every field of `Config` is a command-line flag of every script (`num_frames` -> `--num-frames`). A YAML file
+given with `--config FILE.yaml` holds only the keys that differ from the defaults. Precedence:
+defaults < file < flags. An unknown key or a bad value is a one-line `ConfigError` naming the closest valid key.
+The resolved config is saved in every experiment folder and inside every checkpoint.
+
+The defaults are the recipe the project descends from (ECAPA-TDNN, Adam, lr 0.0005 decayed by 0.97 per epoch,
+batch 64, SpecAugment, AAM-softmax s=30 m=0.2) sized so that a bare `python train.py` on the generated demo
+corpus finishes in minutes on a 2-core CPU. For VoxCeleb-sized data raise `epochs`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from utils import UserError
+
+
+class ConfigError(UserError):
+    """A config key or value the scripts cannot use."""
+
+
+@dataclass
+class Config:
+    # --- experiment -------------------------------------------------------------------------------------
+    exp_dir: str = "exp"  # root of all experiment folders
+    name: str = ""  # experiment folder under exp_dir; "" = <model>-<date>-<time>
+    seed: int = 0  # seeds data order, crops, label noise, init, dither and SpecAugment
+    device: str = "auto"  # auto (cuda when present, else cpu) | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; fp16 on CUDA only, with a grad scaler)
+    threads: int = 0  # torch intra-op CPU threads; 0 = torch's default (all cores)
+    resume: bool = False  # continue the newest run (or the run named by --name) from its latest checkpoint
+    keep_checkpoints: int = 3  # epoch checkpoints kept besides best.pt; 0 = keep all
+
+    # --- data -------------------------------------------------------------------------------------------
+    # A data path is a VoxCeleb-style folder (<speaker>/.../<utt>.wav|.flac|.npy) or a Kaldi-style folder
+    # holding wav.scp and utt2spk. Trial paths are relative to the matching data folder.
+    demo_corpus: str = "corpora/demo"  # generated on first use when a data path points inside it
+    train_data: str = "corpora/demo/train/wav"
+    val_data: str = "corpora/demo/val/wav"
+    val_trials: str = "corpora/demo/val/trials.txt"  # "" = no per-epoch validation EER
+    test_data: str = "corpora/demo/test/wav"
+    test_trials: list[str] = field(default_factory=lambda: ["corpora/demo/test/trials.txt"])
+    sample_rate: int = 16000  # Hz; files at a higher rate are resampled, at a lower one rejected
+    num_frames: int = 200  # training crop, in 10 ms frames (200 = 2.015 s)
+    utts_per_speaker: int = 0  # cap on training utterances per speaker, chosen by seed; 0 = all
+    label_noise: float = 0.0  # fraction of training utterances moved to a random other speaker
+    num_workers: int = 2  # DataLoader worker processes; 0 = load in the main process
+
+    # --- augmentation (waveform domain, training crops only; data/augment.py) ------------------------
+    musan: str = ""  # MUSAN-layout folder (noise/, music/, speech/); "" = no additive noise
+    rirs: str = ""  # folder of room impulse responses (.wav/.flac, any depth); "" = no reverberation
+    aug_prob: float = 0.6  # probability that a crop gets one augmentation (noise, music, babble or reverb)
+    noise_snr: list[float] = field(default_factory=lambda: [0.0, 15.0])  # dB range, MUSAN noise
+    music_snr: list[float] = field(default_factory=lambda: [5.0, 15.0])  # dB range, MUSAN music
+    babble_snr: list[float] = field(default_factory=lambda: [13.0, 20.0])  # dB range, MUSAN speech babble
+    babble_speakers: list[int] = field(default_factory=lambda: [3, 7])  # speech files mixed into babble
+    speed_perturb: bool = False  # speeds 0.9 / 1.0 / 1.1, each a speaker class of its own (x3 classes)
+    sampler: str = "random"  # random (each utterance once per epoch) | balanced (speakers_per_batch x N)
+    utts_per_speaker_in_batch: int = 2  # balanced sampler: utterances of each speaker in a batch
+
+    # --- features (data/features.py owns their meaning) ------------------------------------------------
+    n_mels: int = 80  # mel filterbank channels
+    frame_length_ms: float = 25.0  # analysis window
+    frame_shift_ms: float = 10.0  # hop
+    window_type: str = "hamming"  # hamming | povey | hanning | rectangular
+    dither: float = 1.0  # Gaussian dither in int16 sample units, training only (Kaldi's default amplitude)
+    cmn: bool = True  # subtract each utterance's mean over time
+    spec_augment: bool = True  # SpecAugment masks, training only
+    freq_masks: int = 2  # frequency masks per utterance
+    freq_mask_width: int = 8  # maximum width of one frequency mask, in mel bins
+    time_masks: int = 2  # time masks per utterance
+    time_mask_width: int = 10  # maximum width of one time mask, in frames
+
+    # --- model and head ---------------------------------------------------------------------------------
+    model: str = "ecapa_tdnn"  # a key of models.MODELS
+    channels: int = 0  # ECAPA-TDNN C or ResNet base width; 0 = the architecture's standard (512 / 32)
+    embed_dim: int = 0  # embedding size; 0 = the architecture's standard (192 ECAPA, 256 ResNet)
+    loss: str = "aam"  # a key of loss.HEADS: softmax | am | aam | subcenter_aam
+    margin: float = 0.2  # AM: additive cosine margin; AAM: additive angular margin, radians
+    scale: float = 30.0  # logit scale s of the margin heads
+    subcenters: int = 3  # sub-centres per speaker, subcenter_aam only
+    easy_margin: bool = False  # AAM: apply the margin only where cos(theta) > 0
+    margin_ramp: list[float] = field(default_factory=lambda: [0.0, 0.0])  # epochs [start, end] of the
+    # linear margin ramp from 0 to `margin`; [0, 0] = the full margin from the first step
+
+    # --- optimisation -----------------------------------------------------------------------------------
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 0.0005  # peak learning rate
+    lr_decay: float = 0.97  # exponential decay of the lr per epoch
+    warmup_epochs: float = 0.0  # linear lr warm-up from 0, in epochs (fractions allowed)
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 2e-5  # L2 on all weights (Adam: coupled, as in the recipe)
+    batch_size: int = 64  # utterances per step (per process under DDP)
+    epochs: int = 10  # training epochs (demo-sized; VoxCeleb recipes run 80 or more)
+    grad_clip: float = 0.0  # max global gradient norm; 0 = no clipping
+
+    # --- evaluation -------------------------------------------------------------------------------------
+    checkpoint: str = ""  # inference: checkpoint file or experiment folder; "" = the newest experiment
+    eval_batch_size: int = 16  # utterances per embedding batch at inference
+    max_eval_frames: int = 0  # cap on frames per utterance when embedding (memory); 0 = full length
+
+    # --- train_sort -------------------------------------------------------------------------------------
+    source: str = ""  # train_sort: the experiment folder whose model ranks the training utterances
+    keep: list[float] = field(default_factory=lambda: [5.0, 95.0])  # kept percentile range per speaker
+    sort_by: str = "centroid"  # centroid (leave-one-out mean embedding) | class_weight | loss
+    min_keep: int = 2  # utterances always kept per speaker, whatever the range
+    rounds: int = 1  # score-trim-retrain rounds
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+# Values with a closed set of choices. Model and head names are checked against their registries.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "precision": ("auto", "fp32", "bf16", "fp16"),
+    "window_type": ("hamming", "povey", "hanning", "rectangular"),
+    "optimizer": ("adam", "sgd"),
+    "sort_by": ("centroid", "class_weight", "loss"),
+    "sampler": ("random", "balanced"),
+}
+POSITIVE = ("sample_rate", "num_frames", "n_mels", "batch_size", "epochs", "lr", "scale", "subcenters",
+            "eval_batch_size", "rounds", "frame_length_ms", "frame_shift_ms")
+NON_NEGATIVE = ("threads", "keep_checkpoints", "utts_per_speaker", "num_workers", "dither", "freq_masks",
+                "freq_mask_width", "time_masks", "time_mask_width", "channels", "embed_dim", "warmup_epochs",
+                "momentum", "weight_decay", "grad_clip", "max_eval_frames", "min_keep", "margin")
+
+
+def _validate(cfg: Config) -> None:
+    from loss import HEADS  # local imports: the registries import torch, config should load fast
+
+    from models import MODELS
+
+    for key, options in {**CHOICES, "model": tuple(MODELS), "loss": tuple(HEADS)}.items():
+        if getattr(cfg, key) not in options:
+            raise ConfigError(f"{key}: '{getattr(cfg, key)}' is not one of: {', '.join(options)}")
+    for key in POSITIVE:
+        if not getattr(cfg, key) > 0:
+            raise ConfigError(f"{key}: must be > 0, got {getattr(cfg, key)}")
+    for key in NON_NEGATIVE:
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {getattr(cfg, key)}")
+    if not 0.0 <= cfg.label_noise < 1.0:
+        raise ConfigError(f"label_noise: must be in [0, 1), got {cfg.label_noise}")
+    if not 0.0 < cfg.lr_decay <= 1.0:
+        raise ConfigError(f"lr_decay: must be in (0, 1], got {cfg.lr_decay}")
+    if len(cfg.margin_ramp) != 2 or not 0 <= cfg.margin_ramp[0] <= cfg.margin_ramp[1]:
+        raise ConfigError(f"margin_ramp: needs two epochs 0 <= start <= end, got {cfg.margin_ramp}")
+    if len(cfg.keep) != 2:
+        raise ConfigError(f"keep: needs two percentiles LOW HIGH, got {cfg.keep}")
+    if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
+        raise ConfigError(f"device: '{cfg.device}' is not auto, cpu, cuda or cuda:N")
+    if cfg.frame_shift_ms > cfg.frame_length_ms:
+        raise ConfigError("frame_shift_ms: must not exceed frame_length_ms")
+
+
+# --- parsing -------------------------------------------------------------------------------------------
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_TYPES = typing.get_type_hints(Config)
+
+
+def _closest(key: str) -> str:
+    match = difflib.get_close_matches(key, FIELDS, n=1, cutoff=0.5)
+    return f"; did you mean '{match[0]}'?" if match else f"; valid keys: see {Path(__file__).name}"
+
+
+def _convert(key: str, value: object) -> object:
+    """Coerce a value from YAML or the command line to the field's type, or raise a ConfigError."""
+    kind = _TYPES[key]
+    try:
+        if typing.get_origin(kind) is list:
+            item = typing.get_args(kind)[0]
+            values = value if isinstance(value, (list, tuple)) else str(value).replace(",", " ").split()
+            return [item(v) for v in values]
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).lower()
+            if text not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text in ("true", "1", "yes")
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        if kind in (int, float) and isinstance(value, bool):
+            raise ValueError
+        return kind(value)
+    except (TypeError, ValueError):
+        name = getattr(kind, "__name__", str(kind))
+        raise ConfigError(f"{key}: cannot use {value!r} as {name}") from None
+
+
+def load_yaml(path: str | Path) -> dict[str, object]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys to values")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def build_config(overrides: dict[str, object], *, base: dict[str, object] | None = None) -> Config:
+    """Defaults < base (a saved or file config) < overrides; every key checked and converted."""
+    values: dict[str, object] = {}
+    for source in (base or {}, overrides):
+        for key, value in source.items():
+            if key not in FIELDS:
+                raise ConfigError(f"unknown config key '{key}'{_closest(key)}")
+            values[key] = _convert(key, value)
+    return Config(**values)
+
+
+def make_parser(description: str) -> argparse.ArgumentParser:
+    """Flags for every Config field, defaults suppressed so that only the given ones override."""
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
+                                     argument_default=argparse.SUPPRESS)
+    parser.add_argument("--config", help="YAML file with the keys that differ from the defaults")
+    defaults = Config.__new__(Config)  # defaults without validation, for the help text only
+    for f in dataclasses.fields(Config):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        setattr(defaults, f.name, default)
+        flag = "--" + f.name.replace("_", "-")
+        kind = _TYPES[f.name]
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=f"(default: {default})")
+        elif typing.get_origin(kind) is list:
+            parser.add_argument(flag, nargs="+", metavar=f.name.upper(), help=f"(default: {default})")
+        else:
+            parser.add_argument(flag, metavar=f.name.upper(), help=f"(default: {default})")
+    return parser
+
+
+def parse_args(argv: list[str] | None, description: str,
+               parser: argparse.ArgumentParser | None = None) -> tuple[dict[str, object], argparse.Namespace]:
+    """The config keys a command line sets (its --config file's keys, overridden by its flags), and the
+    namespace for any script-only flags. Scripts that start from a saved config (resume, inference) apply
+    these on top of it; others on top of the defaults (`parse_config`)."""
+    parser = parser or make_parser(description)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        flags = [u for u in unknown if u.startswith("-")]
+        if not flags:
+            raise ConfigError(f"unexpected argument '{unknown[0]}'")
+        key = flags[0].lstrip("-").split("=")[0].replace("-", "_")
+        raise ConfigError(f"unknown flag '{flags[0]}'{_closest(key)}")
+    overrides = load_yaml(args.config) if getattr(args, "config", None) else {}
+    for key in overrides:
+        if key not in FIELDS:
+            raise ConfigError(f"{args.config}: unknown config key '{key}'{_closest(key)}")
+    overrides.update({k: v for k, v in vars(args).items() if k in FIELDS})
+    return overrides, args
+
+
+def parse_config(argv: list[str] | None, description: str) -> Config:
+    return build_config(parse_args(argv, description)[0])
+
+
+def to_dict(cfg: Config) -> dict[str, object]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    from utils import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

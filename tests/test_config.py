@@ -1,0 +1,52 @@
+"""One config: defaults < file < flags, and one-line errors for what the scripts cannot use."""
+
+import pytest
+import yaml
+
+from config import Config, ConfigError, build_config, parse_args, parse_config, save_config
+
+
+def test_defaults_are_the_recipe():
+    cfg = Config()
+    assert (cfg.model, cfg.optimizer, cfg.lr, cfg.lr_decay, cfg.batch_size) == ("ecapa_tdnn", "adam", 0.0005, 0.97, 64)
+    assert (cfg.loss, cfg.scale, cfg.margin, cfg.spec_augment) == ("aam", 30.0, 0.2, True)
+
+
+def test_precedence_defaults_file_flags(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("lr: 0.01\nbatch_size: 32\nmodel: resnet18\n")
+    cfg = parse_config(["--config", str(path), "--batch-size", "16", "--no-spec-augment"], "test")
+    assert cfg.lr == 0.01 and cfg.batch_size == 16 and cfg.model == "resnet18" and cfg.spec_augment is False
+    assert cfg.margin == Config().margin
+
+
+def test_list_flags():
+    cfg = parse_config(["--keep", "10", "90", "--test-trials", "a.txt", "b.txt"], "test")
+    assert cfg.keep == [10.0, 90.0] and cfg.test_trials == ["a.txt", "b.txt"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lerning-rate", "0.1"], "unknown flag '--lerning-rate'"),
+    (["--margn", "0.1"], "did you mean 'margin'"),
+    (["--batch-size", "abc"], "batch_size: cannot use 'abc' as int"),
+    (["--model", "resnet99"], "model: 'resnet99' is not one of"),
+    (["--lr", "-1"], "lr: must be > 0"),
+    (["--label-noise", "1.5"], "label_noise: must be in [0, 1)"),
+])
+def test_bad_flags_are_one_line_errors(argv, message):
+    with pytest.raises(ConfigError, match=None) as err:
+        parse_config(argv, "test")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unknown_file_key_names_closest(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("num_frame: 300\n")
+    with pytest.raises(ConfigError, match="unknown config key 'num_frame'; did you mean 'num_frames'"):
+        parse_args(["--config", str(path)], "test")
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = build_config({"model": "resnet34", "keep": [0, 90], "lr": 0.1})
+    save_config(cfg, tmp_path / "config.yaml")
+    assert build_config({}, base=yaml.safe_load((tmp_path / "config.yaml").read_text())) == cfg

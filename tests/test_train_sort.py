@@ -1,0 +1,69 @@
+"""train_sort's trimming, scoring and noise-detection figures on hand-made data."""
+
+import numpy as np
+import pytest
+
+from train_sort import detection, keep_range, leave_one_out_centroid_scores, percent_range
+from utils import UserError
+
+
+def test_percent_range_accepts_percent_and_fractions_and_rejects_empty():
+    assert percent_range([5, 95]) == (5, 95)
+    assert percent_range([0.05, 0.95]) == pytest.approx((5, 95))
+    assert percent_range([0, 90]) == (0, 90)
+    for bad in ([50, 50], [90, 10], [-1, 50], [10, 101]):
+        with pytest.raises(UserError, match="keeps nothing"):
+            percent_range(bad)
+
+
+def test_keep_range_exact_boundaries():
+    scores = np.arange(21, dtype=float)  # 0..20: percentile p sits at score p/5
+    np.testing.assert_array_equal(np.flatnonzero(keep_range(scores, 5, 95, 0)), np.arange(1, 20))
+    np.testing.assert_array_equal(np.flatnonzero(keep_range(scores, 10, 90, 0)), np.arange(2, 19))
+    np.testing.assert_array_equal(np.flatnonzero(keep_range(scores, 0, 90, 0)), np.arange(0, 19))
+    assert keep_range(scores, 0, 100, 0).all()
+    shuffled = np.random.default_rng(0).permutation(scores)  # the input order does not matter
+    assert sorted(shuffled[keep_range(shuffled, 5, 95, 0)]) == list(range(1, 20))
+
+
+def test_keep_range_ties_are_kept_or_dropped_together():
+    scores = np.array([1.0, 1.0, 1.0, 2.0, 3.0, 4.0, 5.0, 5.0])
+    kept = keep_range(scores, 10, 90, 0)
+    assert kept[:3].all()  # the 10th percentile is 1.0: every tied 1.0 stays
+    assert not kept[6:].any() or kept[6:].all()
+
+
+def test_keep_range_tiny_speakers_keep_min_keep():
+    assert keep_range(np.array([0.3]), 5, 95, 2).tolist() == [True]
+    kept = keep_range(np.array([0.1, 0.9]), 40, 60, 2)  # the range alone keeps nothing
+    assert kept.tolist() == [True, True]
+    kept = keep_range(np.array([0.1, 0.5, 0.52, 0.9]), 45, 55, 2)
+    assert kept.tolist() == [False, True, True, False]
+
+
+def test_leave_one_out_centroid_matches_direct_computation():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(9, 4))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    labels = np.array([0, 0, 0, 1, 1, 1, 1, 2, 0])
+    scores = leave_one_out_centroid_scores(emb, labels)
+    for i in range(len(emb)):
+        others = emb[(labels == labels[i]) & (np.arange(len(emb)) != i)]
+        if len(others) == 0:
+            assert scores[i] == 0.0
+            continue
+        mean = others.mean(0)
+        assert scores[i] == pytest.approx(emb[i] @ mean / np.linalg.norm(mean))
+
+
+def test_planted_outlier_scores_lowest_and_detection_figures():
+    rng = np.random.default_rng(1)
+    center = rng.normal(size=16)
+    emb = center + 0.3 * rng.normal(size=(20, 16))
+    emb[7] = rng.normal(size=16)  # a mislabelled utterance: another voice
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    scores = leave_one_out_centroid_scores(emb, np.zeros(20, dtype=int))
+    assert np.argmin(scores) == 7
+    removed = {f"u{i}" for i in np.flatnonzero(~keep_range(scores, 5, 100, 0))}
+    found = detection(removed, moved={"u7", "u12"})
+    assert removed == {"u7"} and found.precision == 1.0 and found.recall == 0.5

@@ -1,0 +1,214 @@
+"""Rank each speaker's training utterances with a trained model, keep a percentile range, retrain.
+
+    python train_sort.py --from exp/RUN --keep 5 95               # percentiles (0.05 0.95 also accepted)
+    python train_sort.py --from exp/RUN --keep 0 90 --rounds 2 --sort-by class_weight
+
+For training on noisy speaker labels: an utterance whose embedding sits far from the rest of its speaker's
+is likely mislabelled (or off-speaker). Each round embeds every training utterance with the latest model
+(the one feature path of inference.py), scores it (--sort-by), keeps each speaker's utterances whose score
+lies in the [low, high] percentile range of that speaker's scores (at least --min-keep of them), retrains
+with the source run's config (flags on this command line override it) on the kept list, and evaluates.
+Scores, kept lists and a report go to exp/<source>-keep<low>-<high>/round<k>/; when the source run injected
+label noise, the report gives precision and recall of the removed utterances against the ones that moved.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from config import Config, build_config, make_parser, parse_args
+from data.dataset import Utterance
+from inference import Trained, build_frontend, evaluate_trials, extract_embeddings, find_checkpoint, load_trained
+from train import train
+from utils import UserError, atomic_write_text, configure_malloc, resolve_device, resolve_precision, run_main
+
+log = logging.getLogger("voiceprint")
+
+
+# --- the method ------------------------------------------------------------------------------------------
+
+def percent_range(keep: Sequence[float]) -> tuple[float, float]:
+    """(low, high) in percent; two values both <= 1 are read as fractions. Checked before any work."""
+    low, high = keep
+    if 0 <= low <= 1 and 0 < high <= 1:
+        low, high = 100 * low, 100 * high
+    if not 0 <= low < high <= 100:
+        raise UserError(f"keep: the range [{keep[0]}, {keep[1]}] keeps nothing; need 0 <= low < high <= 100 "
+                        f"(percentiles) or fractions 0 <= low < high <= 1")
+    return low, high
+
+
+def keep_range(scores: np.ndarray, low: float, high: float, min_keep: int) -> np.ndarray:
+    """Boolean mask of one speaker's kept utterances.
+
+    Kept: q_low <= score <= q_high, the percentiles taken with numpy's linear interpolation (so ties at a
+    boundary are kept or dropped together). When fewer than `min_keep` survive, the `min_keep` utterances
+    closest to the middle percentile of the range are kept instead (all of them for a tiny speaker)."""
+    q_low, q_high = np.percentile(scores, [low, high])
+    kept = (scores >= q_low) & (scores <= q_high)
+    if kept.sum() < min(min_keep, len(scores)):
+        middle = np.percentile(scores, (low + high) / 2)
+        kept = np.zeros(len(scores), dtype=bool)
+        kept[np.argsort(np.abs(scores - middle), kind="stable")[:min_keep]] = True
+    return kept
+
+
+def leave_one_out_centroid_scores(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """cos(e_i, mean of the other utterances of i's speaker), embeddings L2-normalised (N, D). A speaker
+    with a single utterance scores 0 (nothing to compare with)."""
+    num_classes = labels.max() + 1
+    sums = np.zeros((num_classes, embeddings.shape[1]))
+    np.add.at(sums, labels, embeddings)
+    counts = np.bincount(labels, minlength=num_classes)
+    others = sums[labels] - embeddings  # (N, D)
+    norms = np.linalg.norm(others, axis=1)
+    scores = np.einsum("nd,nd->n", embeddings, others) / np.maximum(norms, 1e-12)
+    return np.where(counts[labels] > 1, scores, 0.0)
+
+
+@torch.no_grad()
+def utterance_scores(trained: Trained, utts: Sequence[Utterance], sort_by: str, embeddings: np.ndarray) -> np.ndarray:
+    """Higher = more typical of the labelled speaker."""
+    index = {s: i for i, s in enumerate(trained.speakers)}
+    labels = np.array([index[u.speaker] for u in utts])
+    if sort_by == "centroid":
+        return leave_one_out_centroid_scores(embeddings, labels)
+    if sort_by == "class_weight":
+        centers = trained.head.class_centers().float().cpu().numpy()  # (S, D), normalised
+        return np.einsum("nd,nd->n", embeddings, centers[labels])
+    # loss: the head's own per-utterance training loss (margin included); low loss = typical, so negate
+    emb = torch.from_numpy(embeddings).float()
+    losses = []
+    for i in range(len(utts)):
+        loss, _ = trained.head(emb[i:i + 1], torch.tensor([labels[i]]))
+        losses.append(loss.item())
+    return -np.array(losses)
+
+
+@dataclass(frozen=True)
+class Detection:
+    removed: int
+    moved: int
+    true_positives: int
+
+    @property
+    def precision(self) -> float:
+        return self.true_positives / self.removed if self.removed else float("nan")
+
+    @property
+    def recall(self) -> float:
+        return self.true_positives / self.moved if self.moved else float("nan")
+
+
+def detection(removed: set[str], moved: set[str]) -> Detection:
+    return Detection(len(removed), len(moved), len(removed & moved))
+
+
+def read_moved(run: Path) -> set[str]:
+    path = run / "label_noise.txt"
+    return {line.split()[0] for line in path.read_text().splitlines() if line.strip()} if path.is_file() else set()
+
+
+def read_train_list(run: Path) -> list[Utterance]:
+    path = run / "train_list.jsonl"
+    if not path.is_file():
+        raise UserError(f"{run}: no train_list.jsonl (not a training run of this toolkit?)")
+    return [Utterance(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+
+# --- one round ---------------------------------------------------------------------------------------------
+
+def score_and_trim(trained: Trained, utts: list[Utterance], cfg: Config, out: Path,
+                   device: torch.device, precision: str) -> list[Utterance]:
+    frontend = build_frontend(trained.cfg).to(device)
+    emb = extract_embeddings(trained.model.to(device), frontend, {u.key: u.path for u in utts},
+                             sample_rate=trained.cfg.sample_rate, device=device, precision=precision,
+                             max_frames=cfg.max_eval_frames)
+    embeddings = np.stack([emb[u.key] for u in utts])
+    trained.head.cpu()
+    scores = utterance_scores(trained, utts, cfg.sort_by, embeddings)
+    low, high = percent_range(cfg.keep)
+    by_speaker: dict[str, list[int]] = defaultdict(list)
+    for i, u in enumerate(utts):
+        by_speaker[u.speaker].append(i)
+    kept = np.zeros(len(utts), dtype=bool)
+    for idx in by_speaker.values():
+        kept[idx] = keep_range(scores[idx], low, high, cfg.min_keep)
+    lines = [f"{u.key}\t{u.speaker}\t{s:.6f}\t{int(k)}\n" for u, s, k in zip(utts, scores, kept)]
+    atomic_write_text(out / "utterance_scores.tsv", "key\tspeaker\tscore\tkept\n" + "".join(lines))
+    return [u for u, k in zip(utts, kept) if k]
+
+
+def removal_summary(before: Sequence[Utterance], after: Sequence[Utterance]) -> str:
+    removed = Counter(u.speaker for u in before) - Counter(u.speaker for u in after)
+    per_speaker = np.array([removed.get(s, 0) for s in {u.speaker for u in before}])
+    return (f"kept {len(after)} of {len(before)} utterances; removed per speaker: min {per_speaker.min()}, "
+            f"median {np.median(per_speaker):.0f}, max {per_speaker.max()}")
+
+
+def test_eer(trained: Trained, device: torch.device, precision: str) -> float:
+    cfg = trained.cfg
+    frontend = build_frontend(cfg).to(device)
+    return evaluate_trials(trained.model.to(device), frontend, cfg.test_trials[0], cfg.test_data,
+                           sample_rate=cfg.sample_rate, device=device, precision=precision,
+                           max_frames=cfg.max_eval_frames).eer
+
+
+def recorded_test_eer(run: Path) -> float | None:
+    """The first test list's EER that train.py recorded for a run, if any."""
+    path = run / "results.json"
+    return json.loads(path.read_text())["results"][0]["eer"] if path.is_file() else None
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    configure_malloc()
+    parser = make_parser(__doc__)
+    parser.add_argument("--from", dest="source", metavar="RUN", help="the experiment folder to start from")
+    overrides, _ = parse_args(argv, __doc__, parser)
+    cli = build_config(overrides)
+    if not cli.source:
+        raise UserError("--from RUN is required: the experiment folder whose model ranks the utterances")
+    low, high = percent_range(cli.keep)  # a range that keeps nothing fails before any work
+    source = Path(cli.source)
+    trained = load_trained(find_checkpoint(str(source), cli.exp_dir))
+    utts, moved = read_train_list(source), read_moved(source)
+    base = {**trained.cfg.__dict__, "resume": False}  # label noise (if any) is in the list already
+    cfg = build_config(overrides, base=base)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    root = Path(cfg.exp_dir) / (cfg.name or f"{source.name}-keep{low:g}-{high:g}-{cfg.sort_by}")
+    eer_before = recorded_test_eer(source) or test_eer(trained, device, precision)
+    reports = []
+    for k in range(1, cfg.rounds + 1):
+        out = root / f"round{k}"
+        kept = score_and_trim(trained, utts, cfg, out, device, precision)
+        removed = {u.key for u in utts} - {u.key for u in kept}
+        found = detection(removed, moved)
+        summary = removal_summary(utts, kept)
+        log.info("round %d: %s", k, summary)
+        run_cfg = build_config({"name": f"{root.name}/round{k}"}, base={**cfg.__dict__})
+        run = train(run_cfg, utterances=kept, exp=out, kept=f"{low:g}-{high:g} ({cfg.sort_by}, round {k})")
+        trained = load_trained(find_checkpoint(str(run), cfg.exp_dir))
+        eer_after = recorded_test_eer(run) or test_eer(trained, device, precision)
+        report = {"round": k, "summary": summary, "kept": len(kept), "total": len(utts),
+                  "eer_before": eer_before, "eer_after": eer_after, "removed": found.removed,
+                  "moved": found.moved, "precision": found.precision, "recall": found.recall}
+        atomic_write_text(out / "report.json", json.dumps(report, indent=2))
+        noise = (f"; removed-vs-moved precision {found.precision:.3f} recall {found.recall:.3f}"
+                 if found.moved else "")
+        print(f"round {k}: {summary}; test EER {100 * eer_before:.2f}% -> {100 * eer_after:.2f}%{noise}")
+        reports.append(report)
+        eer_before = eer_after  # the next round re-scores the full source list with this model
+    return reports
+
+
+if __name__ == "__main__":
+    run_main(main)
