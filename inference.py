@@ -30,6 +30,7 @@ from utils import (
     atomic_write_text,
     autocast,
     configure_malloc,
+    eer_from_points,
     load_checkpoint,
     min_dcf_from_points,
     operating_points,
