@@ -34,15 +34,18 @@ from torch import nn
 from tqdm import tqdm
 
 from config import Config, build_config, parse_args, save_config, to_dict
+from data.augment import build_augmenter
 from data.dataset import (
+    BalancedSampler,
     EpochSampler,
     TrainDataset,
     Utterance,
     cap_per_speaker,
     inject_label_noise,
+    load_index,
     save_index,
-    scan_corpus,
     speakers_of,
+    speed_speakers,
     write_moved_labels,
 )
 from inference import build_frontend, build_network, evaluate_trials, fbank_options
@@ -146,7 +149,7 @@ def ensure_demo_corpus(cfg: Config) -> None:
 
 def training_utterances(cfg: Config, exp: Path | None) -> list[Utterance]:
     """The corpus after the per-speaker cap and the injected label noise (recorded in the experiment)."""
-    utts = cap_per_speaker(scan_corpus(cfg.train_data), cfg.utts_per_speaker, cfg.seed)
+    utts = cap_per_speaker(load_index(cfg.train_data, cfg.sample_rate), cfg.utts_per_speaker, cfg.seed)
     utts, moved = inject_label_noise(utts, cfg.label_noise, cfg.seed)
     if exp is not None and cfg.label_noise > 0:
         write_moved_labels(moved, exp / "label_noise.txt")
@@ -156,8 +159,15 @@ def training_utterances(cfg: Config, exp: Path | None) -> list[Utterance]:
 def make_loader(cfg: Config, utts: Sequence[Utterance], speakers: Sequence[str], d: Dist,
                 pin_memory: bool) -> torch.utils.data.DataLoader:
     num_samples = num_samples_for_frames(cfg.num_frames, fbank_options(cfg))
-    dataset = TrainDataset(utts, speakers, num_samples, cfg.sample_rate)
-    sampler = EpochSampler(len(dataset), cfg.batch_size, cfg.seed, d.rank, d.world_size)
+    augment = build_augmenter(cfg.musan, cfg.rirs, cfg.sample_rate, cfg.aug_prob, cfg.noise_snr, cfg.music_snr,
+                              cfg.babble_snr, cfg.babble_speakers)
+    dataset = TrainDataset(utts, speakers, num_samples, cfg.sample_rate, augment=augment,
+                           speed_perturb=cfg.speed_perturb)
+    if cfg.sampler == "balanced":
+        sampler = BalancedSampler(dataset.labels, cfg.batch_size, cfg.utts_per_speaker_in_batch, cfg.seed,
+                                  d.rank, d.world_size)
+    else:
+        sampler = EpochSampler(len(dataset), cfg.batch_size, cfg.seed, d.rank, d.world_size)
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
                                        pin_memory=pin_memory, persistent_workers=cfg.num_workers > 0)
 
@@ -290,17 +300,20 @@ def train(cfg: Config, *, utterances: Sequence[Utterance] | None = None, exp: Pa
         exp.mkdir(parents=True, exist_ok=True)
         ensure_demo_corpus(cfg)
         save_config(cfg, exp / "config.yaml")
+        if utterances is None:
+            load_index(cfg.train_data, cfg.sample_rate)  # scan once, cache for the other ranks
     if d.world_size > 1:
         dist.barrier()  # the corpus exists before other ranks scan it
 
-    if utterances is None:
+    if utterances is None:  # rank 0 built (and cached) the index before the barrier; the others read it
         utterances = training_utterances(cfg, exp if d.main else None)
-    speakers = resume_state["speakers"] if resume_state else speakers_of(utterances)
+    speakers = speakers_of(utterances)
+    classes = speed_speakers(speakers) if cfg.speed_perturb else speakers  # the head's classes
     if d.main:
         save_index(utterances, exp / "train_list.jsonl")
 
     seed_everything(cfg.seed)  # identical initial weights on every rank
-    model, head = build_network(cfg, len(speakers))
+    model, head = build_network(cfg, len(classes))
     trainee = Trainee(model, head).to(device)
     frontend = build_frontend(cfg).to(device)
     optimizer = build_optimizer(cfg, list(trainee.parameters()))
@@ -345,7 +358,7 @@ def train(cfg: Config, *, utterances: Sequence[Utterance] | None = None, exp: Pa
             is_best = val_eer < best_eer or (not cfg.val_trials and epoch + 1 == cfg.epochs)
             best_eer = min(best_eer, val_eer)
             state = {"model": model.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
-                     "epoch": epoch + 1, "config": to_dict(cfg), "speakers": list(speakers), "log": rows,
+                     "epoch": epoch + 1, "config": to_dict(cfg), "speakers": list(classes), "log": rows,
                      "best_eer": best_eer, "rng": rng_state()}
             if scaler is not None:
                 state["scaler"] = scaler.state_dict()
