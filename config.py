@@ -136,7 +136,6 @@ NON_NEGATIVE = ("threads", "keep_checkpoints", "utts_per_speaker", "num_workers"
 
 def _validate(cfg: Config) -> None:
     from loss import HEADS  # local imports: the registries import torch, config should load fast
-
     from models import MODELS
 
     for key, options in {**CHOICES, "model": tuple(MODELS), "loss": tuple(HEADS)}.items():
@@ -222,10 +221,15 @@ def build_config(overrides: dict[str, object], *, base: dict[str, object] | None
     return Config(**values)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:  # one line, not argparse's usage dump
+        raise ConfigError(message)
+
+
 def make_parser(description: str) -> argparse.ArgumentParser:
     """Flags for every Config field, defaults suppressed so that only the given ones override."""
-    parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
-                                     argument_default=argparse.SUPPRESS)
+    parser = _Parser(description=description, allow_abbrev=False, argument_default=argparse.SUPPRESS,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file with the keys that differ from the defaults")
     defaults = Config.__new__(Config)  # defaults without validation, for the help text only
     for f in dataclasses.fields(Config):
@@ -236,7 +240,7 @@ def make_parser(description: str) -> argparse.ArgumentParser:
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=f"(default: {default})")
         elif typing.get_origin(kind) is list:
-            parser.add_argument(flag, nargs="+", metavar=f.name.upper(), help=f"(default: {default})")
+            parser.add_argument(flag, nargs="*", metavar=f.name.upper(), help=f"(default: {default})")
         else:
             parser.add_argument(flag, metavar=f.name.upper(), help=f"(default: {default})")
     return parser

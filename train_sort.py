@@ -184,8 +184,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cfg = build_config(overrides, base=base)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    root = Path(cfg.exp_dir) / (cfg.name or f"{source.name}-keep{low:g}-{high:g}-{cfg.sort_by}")
-    eer_before = recorded_test_eer(source) or test_eer(trained, device, precision)
+    root = Path(cfg.exp_dir) / (overrides.get("name") or f"{source.name}-keep{low:g}-{high:g}-{cfg.sort_by}")
+    eer_before = recorded_test_eer(source)
+    eer_before = test_eer(trained, device, precision) if eer_before is None else eer_before
     reports = []
     for k in range(1, cfg.rounds + 1):
         out = root / f"round{k}"
@@ -197,7 +198,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         run_cfg = build_config({"name": f"{root.name}/round{k}"}, base={**cfg.__dict__})
         run = train(run_cfg, utterances=kept, exp=out, kept=f"{low:g}-{high:g} ({cfg.sort_by}, round {k})")
         trained = load_trained(find_checkpoint(str(run), cfg.exp_dir))
-        eer_after = recorded_test_eer(run) or test_eer(trained, device, precision)
+        eer_after = recorded_test_eer(run)
+        eer_after = test_eer(trained, device, precision) if eer_after is None else eer_after
         report = {"round": k, "summary": summary, "kept": len(kept), "total": len(utts),
                   "eer_before": eer_before, "eer_after": eer_after, "removed": found.removed,
                   "moved": found.moved, "precision": found.precision, "recall": found.recall}

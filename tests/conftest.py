@@ -1,0 +1,27 @@
+"""Shared fixtures: one tiny generated corpus for the whole session."""
+
+from pathlib import Path
+
+import pytest
+
+from data.synth import CorpusSpec, generate_corpus
+
+TINY_SPEC = CorpusSpec(num_train_speakers=6, num_val_speakers=3, num_test_speakers=3, train_utts_per_speaker=6,
+                       val_utts_per_speaker=3, test_utts_per_speaker=3, train_duration_s=(1.0, 1.5),
+                       eval_duration_s=(1.0, 1.5), num_val_trials=12, num_test_trials=12)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("corpus") / "demo"
+    generate_corpus(root, TINY_SPEC, workers=1)
+    return root
+
+
+def tiny_train_args(corpus: Path, exp_dir: Path, name: str, *extra: str) -> list[str]:
+    """A tiny, fast training run on the tiny corpus: small ECAPA-TDNN, 2 workers off, 2 epochs."""
+    return ["--demo-corpus", str(corpus), "--train-data", str(corpus / "train/wav"),
+            "--val-data", str(corpus / "val/wav"), "--val-trials", str(corpus / "val/trials.txt"),
+            "--test-data", str(corpus / "test/wav"), "--test-trials", str(corpus / "test/trials.txt"),
+            "--exp-dir", str(exp_dir), "--name", name, "--channels", "16", "--batch-size", "8",
+            "--num-frames", "100", "--epochs", "2", "--num-workers", "0", "--threads", "1", *extra]
