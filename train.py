@@ -13,6 +13,7 @@ validation EER). Per step: fbank and SpecAugment on the batch (on the device), m
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -28,8 +29,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from data.features import num_samples_for_frames
-from loss import MarginSchedule
 from torch import nn
 from tqdm import tqdm
 
@@ -48,7 +47,9 @@ from data.dataset import (
     speed_speakers,
     write_moved_labels,
 )
+from data.features import num_samples_for_frames
 from inference import build_frontend, build_network, evaluate_trials, fbank_options
+from loss import MarginSchedule
 from utils import (
     UserError,
     append_table_row,
@@ -92,6 +93,38 @@ def init_distributed(device_name: str) -> Dist:
         torch.cuda.set_device(local_rank)
     dist.init_process_group("nccl" if use_cuda else "gloo")
     return Dist(rank, world_size, local_rank)
+
+
+def check_disjoint_shards(sampler: torch.utils.data.Sampler, num_items: int, d: Dist) -> int:
+    """Under DDP, verify that this epoch's shards of the ranks do not overlap; returns this rank's count."""
+    seen = torch.zeros(num_items, dtype=torch.int32)
+    for batch in sampler:
+        seen[[i for i, _ in batch]] += 1
+    count = int(seen.sum())
+    if d.world_size > 1:
+        dist.all_reduce(seen)  # gloo and nccl both reduce int32; on CPU tensors only with gloo
+        if int(seen.max()) > 1:
+            raise RuntimeError("DDP ranks drew overlapping training shards")
+    return count
+
+
+def weights_digest(module: nn.Module) -> str:
+    """sha1 of the trained parameters. (BatchNorm running statistics are not compared: DDP broadcasts
+    rank 0's buffers at every forward, so after the last step each rank holds its own; rank 0's are saved.)"""
+    digest = hashlib.sha1()
+    for value in module.parameters():
+        digest.update(value.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_replicas_in_sync(module: nn.Module, d: Dist) -> None:
+    """Every rank must end with bit-identical weights; a divergence is a bug, never a silent result."""
+    digests: list[str | None] = [None] * d.world_size
+    dist.all_gather_object(digests, weights_digest(module))
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"DDP replicas diverged: weight digests {digests}")
+    if d.main:
+        log.info("all %d replicas hold identical weights (sha1 %s)", d.world_size, digests[0][:12])
 
 
 def all_mean(values: torch.Tensor, d: Dist) -> torch.Tensor:
@@ -342,6 +375,11 @@ def train(cfg: Config, *, utterances: Sequence[Utterance] | None = None, exp: Pa
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
         loader.batch_sampler.set_epoch(epoch)
+        if d.world_size > 1:
+            count = check_disjoint_shards(loader.batch_sampler, len(loader.dataset), d)
+            if d.main:
+                log.info("epoch %d: %d ranks drew disjoint shards of %d utterances each", epoch + 1,
+                         d.world_size, count)
         stats = train_epoch(ddp, frontend, loader, optimizer, scaler, cfg, epoch, 0, margin, head, device,
                             precision, d)
         row = {"epoch": epoch + 1, "steps": stats.steps, "lr": f"{learning_rate(cfg, epoch, 0):.6g}",
@@ -372,6 +410,7 @@ def train(cfg: Config, *, utterances: Sequence[Utterance] | None = None, exp: Pa
     if d.main:
         record_results(exp, cfg, model, frontend, device, precision, len(utterances), kept)
     if d.world_size > 1:
+        check_replicas_in_sync(trainee, d)
         dist.barrier()
         dist.destroy_process_group()
     return exp
