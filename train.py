@@ -169,15 +169,24 @@ def step_seed(seed: int, step: int) -> int:
 # --- data ------------------------------------------------------------------------------------------------
 
 def ensure_demo_corpus(cfg: Config) -> None:
-    """Generate the demo corpus on first use, when a configured data path points inside it."""
+    """Generate the demo corpus on first use, when training data points inside it."""
     root = Path(cfg.demo_corpus)
-    paths = [cfg.train_data, cfg.val_data, cfg.test_data, cfg.val_trials, *cfg.test_trials]
-    inside = any(p and Path(p).resolve().is_relative_to(root.resolve()) for p in paths)
-    if inside and not (root / ".complete").is_file():
+    if Path(cfg.train_data).resolve().is_relative_to(root.resolve()) and not (root / ".complete").is_file():
         from data.synth import generate_corpus
 
         log.info("generating the demo corpus in %s (first use)", root)
         generate_corpus(root)
+
+
+def check_inputs(cfg: Config) -> None:
+    """Fail before training, not after it, when an evaluation input is missing."""
+    folders = [cfg.train_data, cfg.val_data if cfg.val_trials else "", cfg.test_data if cfg.test_trials else ""]
+    for folder in filter(None, folders):
+        if not Path(folder).is_dir():
+            raise UserError(f"{folder}: no such corpus folder")
+    for trials in [cfg.val_trials, *cfg.test_trials]:
+        if trials and not Path(trials).is_file():
+            raise UserError(f"{trials}: no such trial list")
 
 
 def training_utterances(cfg: Config, exp: Path | None) -> list[Utterance]:
@@ -330,8 +339,9 @@ def train(cfg: Config, *, utterances: Sequence[Utterance] | None = None, exp: Pa
         resume_state = load_checkpoint(latest_checkpoint(exp))
     exp = exp or experiment_dir(cfg)
     if d.main:
-        exp.mkdir(parents=True, exist_ok=True)
         ensure_demo_corpus(cfg)
+        check_inputs(cfg)
+        exp.mkdir(parents=True, exist_ok=True)
         save_config(cfg, exp / "config.yaml")
         if utterances is None:
             load_index(cfg.train_data, cfg.sample_rate)  # scan once, cache for the other ranks
