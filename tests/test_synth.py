@@ -32,7 +32,8 @@ def test_layout_format_and_trials(tiny_corpus):
         trials = read_trials(tiny_corpus / split / "trials.txt")
         assert sum(t.label for t in trials) == len(trials) // 2  # balanced
         for t in trials:
-            assert (tiny_corpus / split / "wav" / t.enroll).is_file() and (tiny_corpus / split / "wav" / t.test).is_file()
+            wav = tiny_corpus / split / "wav"
+            assert (wav / t.enroll).is_file() and (wav / t.test).is_file()
             assert (t.enroll.split("/")[0] == t.test.split("/")[0]) == bool(t.label)
 
 
