@@ -100,13 +100,32 @@ class Config:
     momentum: float = 0.9  # SGD only
     weight_decay: float = 2e-5  # L2 on all weights (Adam: coupled, as in the recipe)
     batch_size: int = 64  # utterances per step (per process under DDP)
-    epochs: int = 10  # training epochs (demo-sized; VoxCeleb recipes run 80 or more)
+    epochs: int = 8  # training epochs (sized for the demo corpus on 2 CPU cores; VoxCeleb recipes run 80+)
     grad_clip: float = 0.0  # max global gradient norm; 0 = no clipping
 
     # --- evaluation -------------------------------------------------------------------------------------
+    # inference.py; the metrics are defined in utils.py, normalisation and calibration in scoring.py.
     checkpoint: str = ""  # inference: checkpoint file or experiment folder; "" = the newest experiment
-    eval_batch_size: int = 16  # utterances per embedding batch at inference
+    eval_batch_size: int = 16  # files (crops, with eval_crops) per embedding batch at inference
     max_eval_frames: int = 0  # cap on frames per utterance when embedding (memory); 0 = full length
+    eval_crops: int = 0  # K: embed the mean of K evenly spaced crops of each file; 0 = the full length
+    eval_crop_frames: int = 300  # N: frames per crop when eval_crops > 0 (300 = 3.015 s)
+    eval_bucket_crop: float = 0.0  # full length: fraction of a file's frames a batch may cut (centred) to batch
+    # it with shorter files; 0 = batches of equal frame counts only, embeddings exactly those of one file alone
+    subtract_mean: bool = False  # subtract the training-set mean embedding before cosine scoring
+    score_norm: list[str] = field(default_factory=lambda: ["none"])  # none | snorm | asnorm, one result row
+    # per entry (scoring.py); pair mode and --calibrate decisions use the first
+    cohort_top_n: int = 300  # AS-norm: the N most similar cohort speakers (of each trial side) it averages over
+    cohort_utts_per_speaker: int = 3  # training utterances embedded per cohort speaker (seeded choice, cached)
+    bootstrap: int = 1000  # bootstrap rounds of the 95% confidence intervals of EER and minDCF; 0 = none
+    test_durations: list[float] = field(default_factory=list)  # seconds: extra rows with the test side cut
+    # to its first d seconds (enrolment at full length); [] = none
+    calibrate: str = ""  # development trial list: fit score -> LLR calibration, saved in <run>/eval/; "" = none
+    calibrate_data: str = ""  # folder of the calibrate list's files; "" = val_data
+    decision_p_target: float = 0.01  # target prior of the calibration's class weights and of pair-mode
+    # decisions (C_miss = C_fa = 1)
+    decision_threshold: str = "bayes"  # pair mode accepts when: bayes = calibrated LLR >= log((1 - p) / p);
+    # min_dcf = score >= the development minDCF threshold at decision_p_target; eer = score >= the dev EER one
 
     # --- train_sort -------------------------------------------------------------------------------------
     source: str = ""  # train_sort: the experiment folder whose model ranks the training utterances
@@ -126,12 +145,15 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("adam", "sgd"),
     "sort_by": ("centroid", "class_weight", "loss"),
     "sampler": ("random", "balanced"),
+    "decision_threshold": ("bayes", "min_dcf", "eer"),
 }
 POSITIVE = ("sample_rate", "num_frames", "n_mels", "batch_size", "epochs", "lr", "scale", "subcenters",
-            "eval_batch_size", "rounds", "frame_length_ms", "frame_shift_ms")
+            "eval_batch_size", "rounds", "frame_length_ms", "frame_shift_ms", "eval_crop_frames", "cohort_top_n",
+            "cohort_utts_per_speaker")
 NON_NEGATIVE = ("threads", "keep_checkpoints", "utts_per_speaker", "num_workers", "dither", "freq_masks",
                 "freq_mask_width", "time_masks", "time_mask_width", "channels", "embed_dim", "warmup_epochs",
-                "momentum", "weight_decay", "grad_clip", "max_eval_frames", "min_keep", "margin")
+                "momentum", "weight_decay", "grad_clip", "max_eval_frames", "min_keep", "margin", "eval_crops",
+                "bootstrap")
 
 
 def _validate(cfg: Config) -> None:
@@ -159,6 +181,23 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"device: '{cfg.device}' is not auto, cpu, cuda or cuda:N")
     if cfg.frame_shift_ms > cfg.frame_length_ms:
         raise ConfigError("frame_shift_ms: must not exceed frame_length_ms")
+    _validate_evaluation(cfg)
+
+
+def _validate_evaluation(cfg: Config) -> None:
+    from scoring import SCORE_NORMS
+
+    if not 0.0 <= cfg.eval_bucket_crop < 1.0:
+        raise ConfigError(f"eval_bucket_crop: must be in [0, 1), got {cfg.eval_bucket_crop}")
+    if not cfg.score_norm or len(set(cfg.score_norm)) != len(cfg.score_norm):
+        raise ConfigError(f"score_norm: needs one or more distinct entries, got {cfg.score_norm}")
+    for name in cfg.score_norm:
+        if name not in SCORE_NORMS:
+            raise ConfigError(f"score_norm: '{name}' is not one of: {', '.join(SCORE_NORMS)}")
+    if not 0.0 < cfg.decision_p_target < 1.0:
+        raise ConfigError(f"decision_p_target: must be in (0, 1), got {cfg.decision_p_target}")
+    if any(not d > 0 for d in cfg.test_durations):
+        raise ConfigError(f"test_durations: seconds must be > 0, got {cfg.test_durations}")
 
 
 # --- parsing -------------------------------------------------------------------------------------------
@@ -179,6 +218,8 @@ def _convert(key: str, value: object) -> object:
         if typing.get_origin(kind) is list:
             item = typing.get_args(kind)[0]
             values = value if isinstance(value, (list, tuple)) else str(value).replace(",", " ").split()
+            if item in (int, float):  # numbers may come comma-separated as one flag value: 1,2,3,5
+                values = [v for x in values for v in (x.replace(",", " ").split() if isinstance(x, str) else [x])]
             return [item(v) for v in values]
         if kind is bool:
             if isinstance(value, bool):

@@ -1,0 +1,310 @@
+"""Speed benchmark: the training step and embedding extraction on this machine, as one Markdown table.
+
+    python -m bench.bench_speed                                   # the default run; ResNet34 is most of its time
+    python -m bench.bench_speed --models ecapa_tdnn --steps 5      # more steps, one model
+    python -m bench.bench_speed --skip-allocator --skip-extraction
+
+Run from the repository root. Every number in the table comes from this one run, so the ratios compare
+measurements taken minutes apart on the same machine under the same load. What is measured:
+
+- GEMM: a 1x1 Conv1d forward (batch 64, 512 -> 1536 channels, 200 frames) in fp32 and in bf16 (autocast),
+  alternated, best of --gemm-repeats: about the best rate this machine's matrix products reach. The training
+  rows give their rate (forward + backward FLOPs, counted) as a percentage of it.
+- train step: batch --batch-size x 200 frames of random fbank, forward + AAM head (--speakers classes) +
+  backward + Adam step; the median of --steps steps after one warm-up step. A training configuration runs in
+  a subprocess of its own, because the allocator setting (utils.configure_malloc, a mallopt call) cannot be
+  undone in a process; inside a subprocess its configurations alternate step by step, so their ratios are
+  measured under the same conditions. For the first model (ECAPA-TDNN C=512 by default):
+    A  fp32, glibc's default allocator, for-loop Adam: the straightforward step (the baseline);
+    B  fp32, configure_malloc, fused Adam;
+    C  bf16 autocast, configure_malloc, fused Adam: the project's default on a CPU with native bf16.
+  Also shown: bf16 with glibc's defaults (A's process), and fp32 with for-loop Adam in B's process, which
+  splits B/A into the allocator's share (across processes) and fused Adam's (same process). Targets for
+  ECAPA-TDNN: C/A >= 2.5x, C/B >= 1.6x. Other models (--models) get B and C.
+- extraction: --extract-files random-noise 16-bit wav files of 2-5 s (uniform) through
+  inference.extract_embeddings, file reading and fbank included, ECAPA-TDNN C=512 (random weights: the speed
+  does not depend on them), batches of --eval-batch-size files bucketed by length (--bucket-crop: a batch may
+  cut its files to its shortest one's frames, by up to that fraction). Real-time factor = audio seconds per
+  wall second, one pass after a warm-up on other lengths: every new length creates new oneDNN primitives, as it
+  would on a real corpus. Target: >= 300x. "audio s per GEMM GFLOP" divides the real-time factor by the GEMM
+  row's rate, which load stretches about as much: ECAPA-TDNN C=512 costs 0.96 GFLOP per audio second, so about
+  1.0 here means the extraction runs at the GEMM's pace, and the real-time factor on a quiet machine is about
+  that number times the GEMM rate measured there.
+
+torch runs --threads threads (default: all CPUs). Other processes slow every number, and with OpenMP a busy
+neighbour can stretch a step several times over (threads spin at barriers for a descheduled peer): the last
+row gives the 1-minute load average before and after the run; compare ratios, not times, across runs.
+Progress goes to the log on stderr; only the table goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from loss import build_head
+from models import MODELS, build_model
+from utils import autocast, configure_malloc
+
+log = logging.getLogger("voiceprint")
+
+N_MELS = 80
+CROP_FRAMES = 200  # 2 s training crop
+SAMPLE_RATE = 16000
+MALLOC_VARIABLES = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
+CPU = torch.device("cpu")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- training configurations, timed in a subprocess ------------------------------------------------------
+# A configuration is "precision:optimizer", e.g. "bf16:fused" (optimizer: "loop" = for-loop Adam, torch's
+# default on the CPU; "fused" = Adam(fused=True)).
+
+def train_worker(args: argparse.Namespace) -> dict:
+    """Seconds per training step of args.models[0] for each of args.configs, alternating step by step."""
+    applied = configure_malloc() if args.malloc == "tuned" else False
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    model = build_model(args.models[0], n_mels=N_MELS).train()
+    head = build_head("aam", embed_dim=model.embed_dim, num_speakers=args.speakers, margin=0.2, scale=30.0)
+    params = [*model.parameters(), *head.parameters()]
+    optimizers = {"loop": torch.optim.Adam(params, lr=1e-4, foreach=False),
+                  "fused": torch.optim.Adam(params, lr=1e-4, fused=True)}
+    feats = torch.randn(args.batch_size, CROP_FRAMES, N_MELS, generator=generator)
+    labels = torch.randint(0, args.speakers, (args.batch_size,), generator=generator)
+
+    def step(config: str) -> None:
+        precision, name = config.split(":")
+        with autocast(CPU, precision):
+            loss, _ = head(model(feats), labels)
+        optimizers[name].zero_grad(set_to_none=True)
+        loss.backward()
+        optimizers[name].step()
+
+    flops = {}
+    for config in args.configs:  # the warm-up step of each, its FLOPs counted
+        with FlopCounterMode(display=False) as counter:
+            step(config)
+        flops[config] = counter.get_total_flops()
+    times: dict[str, list[float]] = {c: [] for c in args.configs}
+    for _ in range(args.steps):
+        for config in args.configs:
+            started = time.perf_counter()
+            step(config)
+            times[config].append(time.perf_counter() - started)
+    return {"malloc_applied": applied, "flops": flops, "times": times}
+
+
+def run_train_worker(model: str, configs: list[str], malloc: str, args: argparse.Namespace) -> dict:
+    """train_worker in a fresh interpreter, with glibc's allocator defaults ("default") or configure_malloc."""
+    env = {k: v for k, v in os.environ.items() if k not in MALLOC_VARIABLES}
+    command = [sys.executable, "-m", "bench.bench_speed", "--worker", "--models", model, "--configs", *configs,
+               "--malloc", malloc, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+               "--speakers", str(args.speakers), "--threads", str(args.threads), "--seed", str(args.seed)]
+    log.info("train step, %s: %s, %s allocator, 1 + %d steps each (subprocess)", model, " ".join(configs),
+             malloc, args.steps)
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark subprocess failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if malloc == "tuned" and not result["malloc_applied"]:
+        log.warning("configure_malloc did not apply (not glibc?): the allocator rows compare nothing")
+    return result
+
+
+# --- in this process: the GEMM reference and extraction --------------------------------------------------
+
+def gemm_rates(repeats: int) -> dict[str, float]:
+    """GFLOP/s of a 1x1 Conv1d forward, 512 -> 1536, batch 64 x 200 frames, fp32 and bf16, alternated."""
+    conv = nn.Conv1d(512, 1536, kernel_size=1)
+    x = torch.randn(64, 512, CROP_FRAMES)
+    flops = 2 * 64 * CROP_FRAMES * 512 * 1536
+    best = {"fp32": float("inf"), "bf16": float("inf")}
+    with torch.inference_mode():
+        for i in range(repeats + 1):
+            for precision in best:
+                with autocast(CPU, precision):
+                    started = time.perf_counter()
+                    conv(x)
+                    elapsed = time.perf_counter() - started
+                if i > 0:  # round 0 is the warm-up
+                    best[precision] = min(best[precision], elapsed)
+    return {p: flops / t / 1e9 for p, t in best.items()}
+
+
+def write_random_audio(folder: Path, count: int, rng: np.random.Generator) -> dict[str, str]:
+    """`count` 16-bit wav files of 2-5 s (uniform) of noise at speech level; key -> path."""
+    import soundfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for i in range(count):
+        wave = np.clip(0.1 * rng.standard_normal(int(rng.uniform(2.0, 5.0) * SAMPLE_RATE)), -1.0, 1.0)
+        paths[f"{folder.name}/{i:04d}"] = str(folder / f"{i:04d}.wav")
+        soundfile.write(paths[f"{folder.name}/{i:04d}"], wave, SAMPLE_RATE, subtype="PCM_16")
+    return paths
+
+
+def extraction_rtfs(args: argparse.Namespace) -> tuple[dict[str, float], float, int]:
+    """Real-time factor of inference.extract_embeddings (ECAPA-TDNN C=512) per precision; audio seconds; files."""
+    import soundfile
+
+    import inference
+    from config import Config
+
+    configure_malloc()  # as inference.py does
+    cfg = Config(model="ecapa_tdnn")
+    model = build_model(cfg.model, n_mels=cfg.n_mels).eval()
+    frontend = inference.build_frontend(cfg)
+    rng = np.random.default_rng(args.seed)
+    rtfs = {}
+    with tempfile.TemporaryDirectory(prefix="bench_speed_") as tmp:
+        paths = write_random_audio(Path(tmp) / "test", args.extract_files, rng)
+        seconds = sum(soundfile.info(p).duration for p in paths.values())
+        log.info("extraction: %d files, %.0f s of audio, batches of %d, bucket_crop %g", len(paths), seconds,
+                 args.eval_batch_size, args.bucket_crop)
+        for precision in ("fp32", "bf16"):
+            def extract(files: dict[str, str], precision: str = precision) -> None:
+                inference.extract_embeddings(model, frontend, files, sample_rate=SAMPLE_RATE, device=CPU,
+                                             precision=precision, batch_size=args.eval_batch_size,
+                                             bucket_crop=args.bucket_crop)
+
+            extract(write_random_audio(Path(tmp) / f"warmup_{precision}", 4, rng))
+            started = time.perf_counter()
+            extract(paths)
+            rtfs[precision] = seconds / (time.perf_counter() - started)
+            log.info("extraction %s: %.0fx real time", precision, rtfs[precision])
+    return rtfs, seconds, len(paths)
+
+
+# --- the table -------------------------------------------------------------------------------------------
+
+def verdict(ratio: float, target: float) -> str:
+    return f">= {target:g}x: {'met' if ratio >= target else 'NOT met'}"
+
+
+class Table:
+    HEADER = ["measurement", "model", "precision", "allocator", "optimizer / setting", "time", "rate", "ratio",
+              "target"]
+
+    def __init__(self, gemm: dict[str, float]):
+        self.gemm = gemm
+        self.rows: list[list[str]] = []
+
+    def add(self, *cells: str) -> None:
+        self.rows.append([*cells, *[""] * (len(self.HEADER) - len(cells))])
+
+    def step(self, label: str, model: str, config: str, malloc: str, result: dict, ratio: str = "",
+             target: str = "") -> float:
+        """A training-step row; returns the median step time."""
+        precision, optimizer = config.split(":")
+        seconds = statistics.median(result["times"][config])
+        rate = result["flops"][config] / seconds / 1e9
+        self.add(label, model, precision, malloc, "fused Adam" if optimizer == "fused" else "for-loop Adam",
+                 f"{seconds:.3f} s", f"{rate:.0f} GFLOP/s ({100 * rate / self.gemm[precision]:.0f}% of GEMM)",
+                 ratio, target)
+        return seconds
+
+    def markdown(self) -> str:
+        lines = ["| " + " | ".join(self.HEADER) + " |", "|" + "---|" * len(self.HEADER)]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in self.rows])
+
+
+def train_rows(table: Table, args: argparse.Namespace) -> None:
+    median = statistics.median
+    first = args.models[0]
+    for model in dict.fromkeys(args.models):
+        targets = model == "ecapa_tdnn"
+        a = None
+        if model == first and not args.skip_allocator:
+            plain = run_train_worker(model, ["fp32:loop", "bf16:loop"], "default", args)
+            a = table.step("train step A (baseline)", model, "fp32:loop", "glibc default", plain, "1.00")
+            table.step("train step", model, "bf16:loop", "glibc default", plain,
+                       f"{a / median(plain['times']['bf16:loop']):.2f}x A")
+        configs = ["fp32:loop", "fp32:fused", "bf16:fused"] if a else ["fp32:fused", "bf16:fused"]
+        tuned = run_train_worker(model, configs, "tuned", args)
+        if a:
+            loop = table.step("train step", model, "fp32:loop", "configure_malloc", tuned,
+                              f"{a / median(tuned['times']['fp32:loop']):.2f}x A (allocator, across processes)")
+        b = median(tuned["times"]["fp32:fused"])
+        table.step("train step B" if a else "train step", model, "fp32:fused", "configure_malloc", tuned,
+                   f"{a / b:.2f}x A; {loop / b:.2f}x the for-loop Adam row" if a else "")
+        c = median(tuned["times"]["bf16:fused"])
+        ratio, target = f"{b / c:.2f}x B" if a else f"{b / c:.2f}x fp32", verdict(b / c, 1.6) if targets else ""
+        if a:
+            ratio = f"{a / c:.2f}x A; {ratio}"
+            target = f"C/A {verdict(a / c, 2.5)}; C/B {target}" if targets else ""
+        table.step("train step C (default)" if a else "train step", model, "bf16:fused", "configure_malloc", tuned,
+                   ratio, target)
+
+
+def extraction_rows(table: Table, args: argparse.Namespace) -> None:
+    rtfs, seconds, files = extraction_rtfs(args)
+    setting = f"{files} files of 2-5 s, batch {args.eval_batch_size}, bucket_crop {args.bucket_crop:g}"
+    for precision, rtf in rtfs.items():
+        ratio = f"{rtf / rtfs['fp32']:.2f}x fp32; " if precision != "fp32" else ""
+        table.add("extraction (read + fbank + model)", "ecapa_tdnn", precision, "configure_malloc", setting,
+                  f"{seconds / rtf:.2f} s for {seconds:.0f} s of audio", f"{rtf:.0f}x real time",
+                  f"{ratio}{rtf / table.gemm[precision]:.2f} audio s per GEMM GFLOP", verdict(rtf, 300))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser.add_argument("--models", nargs="+", default=["ecapa_tdnn", "resnet34"], choices=list(MODELS),
+                        metavar="MODEL", help="the first gets rows A, B, C, the others B and C (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps per configuration (default: 3)")
+    parser.add_argument("--batch-size", type=int, default=64, help="training batch (default: 64)")
+    parser.add_argument("--speakers", type=int, default=5994, help="AAM head classes (default: 5994, VoxCeleb2 dev)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all CPUs)")
+    parser.add_argument("--gemm-repeats", type=int, default=10)
+    parser.add_argument("--extract-files", type=int, default=160, help="random wav files to embed (default: 160)")
+    parser.add_argument("--eval-batch-size", type=int, default=16)
+    parser.add_argument("--bucket-crop", type=float, default=0.1,
+                        help="eval_bucket_crop of the extraction rows (default: %(default)s)")
+    parser.add_argument("--skip-allocator", action="store_true", help="no glibc-default subprocess (row A)")
+    parser.add_argument("--skip-training", action="store_true", help="GEMM and extraction rows only")
+    parser.add_argument("--skip-extraction", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # the subprocess side
+    parser.add_argument("--configs", nargs="+", default=["fp32:fused", "bf16:fused"], help=argparse.SUPPRESS)
+    parser.add_argument("--malloc", choices=("default", "tuned"), default="tuned", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(train_worker(args)))
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    load_before = os.getloadavg()[0]
+    torch.set_num_threads(args.threads)
+    log.info("GEMM reference: 1x1 Conv1d 512 -> 1536, batch 64 x %d frames, fp32 and bf16", CROP_FRAMES)
+    gemm = gemm_rates(args.gemm_repeats)
+    table = Table(gemm)
+    for precision, rate in gemm.items():
+        table.add("GEMM: 1x1 Conv1d 512->1536, 64 x 200 frames", "", precision, "", "", "", f"{rate:.0f} GFLOP/s",
+                  f"{rate / gemm['fp32']:.2f}x fp32" if precision != "fp32" else "")
+    if not args.skip_training:
+        train_rows(table, args)
+    if not args.skip_extraction:
+        extraction_rows(table, args)
+    table.add("conditions", "", "", "", "", "", "", "",
+              f"{os.cpu_count()} CPUs, {args.threads} threads, torch {torch.__version__}, batch {args.batch_size} x "
+              f"{CROP_FRAMES} frames, median of {args.steps} steps; 1-min load average {load_before:.1f} before, "
+              f"{os.getloadavg()[0]:.1f} after")
+    print(table.markdown())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""The speed work changes no behaviour: the faster formulations give the reference values, the bf16 and
+channels_last paths stay finite, the precision policy picks what it says, and torch.compile stays opt-in.
+(No timings here: bench/bench_speed.py measures them.)"""
+
+import argparse
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import utils
+from bench.bench_speed import Table, train_worker
+from config import Config
+from loss import build_head
+from models import build_model
+from models.pooling import AttentiveStatsPooling, mean_and_variance
+from models.resnet import ResNet
+from utils import UserError, autocast, resolve_precision
+
+CPU = torch.device("cpu")
+
+
+class ReferencePooling(AttentiveStatsPooling):
+    """The literal ECAPA-TDNN attentive statistics pooling (eq. 7-9), all in float32: attention over the
+    per-frame concatenation [h_t; mean; std], torch.var_mean for the global statistics."""
+
+    def forward(self, x):
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float()
+            var, mean = torch.var_mean(x, dim=-1, keepdim=True, correction=0)
+            context = torch.cat((x, mean.expand_as(x), var.clamp(min=1e-5).sqrt().expand_as(x)), dim=1)
+            hidden = torch.tanh(self.attention_norm(F.relu(self.attention_in(context))))
+            weights = torch.softmax(self.attention_out(hidden), dim=-1)
+            mu = (weights * x).sum(-1)
+            sigma = ((weights * x * x).sum(-1) - mu * mu).clamp(min=1e-5).sqrt()
+            return torch.cat((mu, sigma), dim=1)
+
+
+def pools(channels: int = 24, attention: int = 8) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    fast = AttentiveStatsPooling(channels, attention)
+    reference = ReferencePooling(channels, attention)
+    reference.load_state_dict(fast.state_dict())
+    return fast, reference
+
+
+def test_mean_and_variance_equals_var_mean():
+    x = 3.0 + torch.randn(2, 5, 4, 37, dtype=torch.float64)
+    var, mean = torch.var_mean(x, dim=-1, correction=0)
+    got_mean, got_var = mean_and_variance(x)
+    torch.testing.assert_close(got_mean, mean)
+    torch.testing.assert_close(got_var, var)
+    got_mean, got_var = mean_and_variance(x, keepdim=True)
+    assert got_mean.shape == got_var.shape == (2, 5, 4, 1)
+
+
+def test_attentive_pooling_equals_the_reference_forward_and_backward():
+    fast, reference = pools()
+    x = torch.relu(torch.randn(3, 24, 40)).requires_grad_()
+    outputs, grads = [], []
+    for pool in (fast, reference):
+        pool.train()
+        out = pool(x)
+        (out * torch.linspace(-1, 1, out.shape[1])).sum().backward()
+        outputs.append(out.detach())
+        grads.append([x.grad.clone(), *(p.grad.clone() for p in pool.parameters())])
+        x.grad = None
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+    for got, expected in zip(*grads):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_attentive_pooling_scores_follow_autocast_and_statistics_stay_float32():
+    fast, reference = pools()
+    fast.eval(), reference.eval()
+    seen = {}
+    fast.attention_out.register_forward_hook(lambda module, args, out: seen.update(dtype=out.dtype))
+    x = torch.relu(torch.randn(2, 24, 50))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fast(x.bfloat16())
+    assert seen["dtype"] == torch.bfloat16  # the scores: the autocast dtype
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    with torch.no_grad():
+        expected = reference(x.bfloat16().float())
+    assert F.cosine_similarity(out, expected, dim=1).min() > 0.999
+
+
+def test_ecapa_with_the_fast_pooling_equals_the_reference_network():
+    torch.manual_seed(0)
+    model = build_model("ecapa_tdnn", n_mels=40, channels=32, embed_dim=16).eval()
+    reference = build_model("ecapa_tdnn", n_mels=40, channels=32, embed_dim=16).eval()
+    reference.load_state_dict(model.state_dict())
+    reference.pool = ReferencePooling(1536, 128)
+    reference.pool.load_state_dict(model.pool.state_dict())
+    reference.eval()
+    x = torch.randn(2, 120, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["ecapa_tdnn", "resnet18"])
+def test_bf16_training_step_is_finite_with_float32_gradients(name):
+    torch.manual_seed(0)
+    model = build_model(name, n_mels=40, channels=16 if name == "ecapa_tdnn" else 8).train()
+    head = build_head("aam", embed_dim=model.embed_dim, num_speakers=10, margin=0.2, scale=30.0)
+    optimizer = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=1e-3, fused=True)
+    with autocast(CPU, "bf16"):
+        loss, logits = head(model(torch.randn(4, 60, 40)), torch.arange(4))
+    loss.backward()
+    optimizer.step()
+    assert loss.dtype == logits.dtype == torch.float32 and torch.isfinite(loss)
+    for p in model.parameters():
+        assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+        assert torch.isfinite(p).all()
+
+
+def test_resnet_is_channels_last_and_equals_its_nchw_copy():
+    torch.manual_seed(0)
+    model = ResNet(16, (1, 1, 1, 1), channels=8, embed_dim=16).eval()
+    convs = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    nchw = ResNet(16, (1, 1, 1, 1), channels=8, embed_dim=16).to(memory_format=torch.contiguous_format).eval()
+    nchw.load_state_dict(model.state_dict())
+    assert not nchw.stages[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 40, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), nchw(x), rtol=1e-4, atol=1e-5)
+    reloaded = ResNet(16, (1, 1, 1, 1), channels=8, embed_dim=16)
+    reloaded.load_state_dict(nchw.state_dict())  # an NCHW checkpoint loads into the channels_last model
+    assert reloaded.stages[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+# --- precision policy ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_on_cpu_is_bf16_only_with_native_bf16(monkeypatch, native, expected):
+    monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: native)
+    assert resolve_precision("auto", CPU) == expected
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp16")])
+def test_auto_precision_on_cuda_is_bf16_only_where_native(monkeypatch, native, expected):
+    monkeypatch.setattr(utils, "cuda_has_native_bf16", lambda device: native)
+    assert resolve_precision("auto", torch.device("cuda")) == expected
+
+
+@pytest.mark.parametrize("major, expected", [(7, False), (8, True), (9, True)])
+def test_emulated_cuda_bf16_does_not_count_as_native(monkeypatch, major, expected):
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: types.SimpleNamespace(major=major))
+    assert utils.cuda_has_native_bf16(torch.device("cuda")) is expected
+
+
+def test_auto_precision_elsewhere_is_fp32_and_explicit_choices_are_checked():
+    assert resolve_precision("auto", torch.device("meta")) == "fp32"
+    assert resolve_precision("fp32", CPU) == "fp32"
+    assert resolve_precision("bf16", CPU) == "bf16"
+    with pytest.raises(UserError, match="fp16 needs a CUDA device"):
+        resolve_precision("fp16", CPU)
+    with pytest.raises(UserError, match="unknown precision 'fp8'"):
+        resolve_precision("fp8", CPU)
+
+
+def test_autocast_contexts():
+    with autocast(CPU, "fp32"):
+        assert not torch.is_autocast_enabled("cpu")
+    with autocast(CPU, "bf16"):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def test_torch_compile_is_opt_in():
+    """On the 2-core CPU compiling took minutes for a ~10-20% gain (bench_speed's docstring): never by default."""
+    assert getattr(Config(), "compile", False) is False
+    for name in ("ecapa_tdnn", "resnet18"):
+        model = build_model(name, n_mels=20, channels=8)
+        assert model._compiled_call_impl is None  # what nn.Module.compile() sets
+
+
+# --- the benchmark's plumbing ----------------------------------------------------------------------------
+
+def test_bench_worker_times_every_configuration():
+    args = argparse.Namespace(models=["resnet18"], configs=["fp32:loop", "bf16:fused"], malloc="tuned", threads=1,
+                              seed=0, speakers=10, batch_size=2, steps=2)
+    result = train_worker(args)
+    assert set(result["times"]) == set(result["flops"]) == {"fp32:loop", "bf16:fused"}
+    assert all(len(t) == 2 and min(t) > 0 for t in result["times"].values())
+    assert all(f > 0 for f in result["flops"].values())
+    table = Table({"fp32": 100.0, "bf16": 200.0})
+    table.step("train step", "resnet18", "bf16:fused", "configure_malloc", result, "2.00x", "")
+    lines = table.markdown().splitlines()
+    assert len(lines) == 3 and all(line.count("|") == len(Table.HEADER) + 1 for line in lines)
