@@ -26,7 +26,15 @@ import torch
 
 from config import Config, build_config, make_parser, parse_args
 from data.dataset import Utterance
-from inference import Trained, build_frontend, evaluate_trials, extract_embeddings, find_checkpoint, load_trained
+from inference import (
+    Trained,
+    build_frontend,
+    evaluate_trials,
+    extract_embeddings,
+    find_checkpoint,
+    load_trained,
+    read_train_list,
+)
 from train import train
 from utils import UserError, atomic_write_text, configure_malloc, resolve_device, resolve_precision, run_main
 
@@ -115,13 +123,6 @@ def detection(removed: set[str], moved: set[str]) -> Detection:
 def read_moved(run: Path) -> set[str]:
     path = run / "label_noise.txt"
     return {line.split()[0] for line in path.read_text().splitlines() if line.strip()} if path.is_file() else set()
-
-
-def read_train_list(run: Path) -> list[Utterance]:
-    path = run / "train_list.jsonl"
-    if not path.is_file():
-        raise UserError(f"{run}: no train_list.jsonl (not a training run of this toolkit?)")
-    return [Utterance(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
 
 
 # --- one round ---------------------------------------------------------------------------------------------
