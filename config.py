@@ -129,7 +129,8 @@ class Config:
 
     # --- train_sort -------------------------------------------------------------------------------------
     source: str = ""  # train_sort: the experiment folder whose model ranks the training utterances
-    keep: list[float] = field(default_factory=lambda: [5.0, 95.0])  # kept percentile range per speaker
+    keep: list[float] = field(default_factory=lambda: [5.0, 95.0])  # kept percentile range per speaker,
+    # counted from the most typical utterance (0) to the least typical (100): 0 90 drops the least typical 10%
     sort_by: str = "centroid"  # centroid (leave-one-out mean embedding) | class_weight | loss
     min_keep: int = 2  # utterances always kept per speaker, whatever the range
     rounds: int = 1  # score-trim-retrain rounds

@@ -76,6 +76,7 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    distributed: bool = False  # launched by torchrun: a process group exists (even of one process)
 
     @property
     def main(self) -> bool:
@@ -83,26 +84,30 @@ class Dist:
 
 
 def init_distributed(device_name: str) -> Dist:
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; without them this is a single process."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; without them this is a single process, with no process group."""
+    if "WORLD_SIZE" not in os.environ:
         return Dist()
+    world_size = int(os.environ["WORLD_SIZE"])
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     use_cuda = device_name != "cpu" and torch.cuda.is_available()
     if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"local rank {local_rank} has no GPU: {torch.cuda.device_count()} visible; start at "
+                            f"most that many processes per node (torchrun --nproc_per_node)")
         torch.cuda.set_device(local_rank)
     dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Dist(rank, world_size, local_rank)
+    return Dist(rank, world_size, local_rank, distributed=True)
 
 
-def check_disjoint_shards(sampler: torch.utils.data.Sampler, num_items: int, d: Dist) -> int:
+def check_disjoint_shards(sampler: torch.utils.data.Sampler, num_items: int, d: Dist, device: torch.device) -> int:
     """Under DDP, verify that this epoch's shards of the ranks do not overlap; returns this rank's count."""
     seen = torch.zeros(num_items, dtype=torch.int32)
     for batch in sampler:
         seen[[i for i, _ in batch]] += 1
     count = int(seen.sum())
-    if d.world_size > 1:
-        dist.all_reduce(seen)  # gloo and nccl both reduce int32; on CPU tensors only with gloo
+    if d.distributed:
+        seen = seen.to(device)  # nccl reduces CUDA tensors only, gloo CPU ones
+        dist.all_reduce(seen)
         if int(seen.max()) > 1:
             raise RuntimeError("DDP ranks drew overlapping training shards")
     return count
@@ -128,7 +133,7 @@ def check_replicas_in_sync(module: nn.Module, d: Dist) -> None:
 
 
 def all_mean(values: torch.Tensor, d: Dist) -> torch.Tensor:
-    if d.world_size > 1:
+    if d.distributed:
         dist.all_reduce(values)
         values = values / d.world_size
     return values
@@ -169,13 +174,12 @@ def step_seed(seed: int, step: int) -> int:
 # --- data ------------------------------------------------------------------------------------------------
 
 def ensure_demo_corpus(cfg: Config) -> None:
-    """Generate the demo corpus on first use, when training data points inside it."""
+    """Generate (or refresh) the demo corpus on first use, when training data points inside it."""
     root = Path(cfg.demo_corpus)
-    if Path(cfg.train_data).resolve().is_relative_to(root.resolve()) and not (root / ".complete").is_file():
-        from data.synth import generate_corpus
+    if Path(cfg.train_data).resolve().is_relative_to(root.resolve()):
+        from data.synth import ensure_demo_corpus as ensure
 
-        log.info("generating the demo corpus in %s (first use)", root)
-        generate_corpus(root)
+        ensure(root)
 
 
 def check_inputs(cfg: Config) -> None:
@@ -280,8 +284,9 @@ def train_epoch(trainee: nn.Module, frontend: nn.Module, loader: torch.utils.dat
     steps_per_epoch = len(loader.batch_sampler)
     generator = torch.Generator(device=device)
     totals = torch.zeros(3, device=device)  # loss sum, correct, utterances
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not d.main, dynamic_ncols=True,
-               leave=False)
+    # a bar on a terminal only (disable=None): a log file gets the per-epoch line, not a bar per step
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None if d.main else True,
+               dynamic_ncols=True, leave=False)
     for i, (wave, labels) in enumerate(bar):
         position = (first_step + i) / steps_per_epoch
         lr = learning_rate(cfg, epoch, position)
@@ -327,7 +332,7 @@ def train(cfg: Config, *, utterances: Sequence[Utterance] | None = None, exp: Pa
     configure_malloc()
     d = init_distributed(cfg.device)
     device = resolve_device(cfg.device)
-    if device.type == "cuda" and d.world_size > 1:
+    if device.type == "cuda" and d.distributed:
         device = torch.device("cuda", d.local_rank)
     precision = resolve_precision(cfg.precision, device)
     if cfg.threads:
@@ -345,7 +350,7 @@ def train(cfg: Config, *, utterances: Sequence[Utterance] | None = None, exp: Pa
         save_config(cfg, exp / "config.yaml")
         if utterances is None:
             load_index(cfg.train_data, cfg.sample_rate)  # scan once, cache for the other ranks
-    if d.world_size > 1:
+    if d.distributed:
         dist.barrier()  # the corpus exists before other ranks scan it
 
     if utterances is None:  # rank 0 built (and cached) the index before the barrier; the others read it
@@ -375,7 +380,7 @@ def train(cfg: Config, *, utterances: Sequence[Utterance] | None = None, exp: Pa
         start_epoch, rows, best_eer = resume_state["epoch"], resume_state["log"], resume_state["best_eer"]
         log.info("resuming %s after epoch %d", exp, start_epoch)
     ddp = (nn.parallel.DistributedDataParallel(trainee, device_ids=[device.index] if device.type == "cuda" else None)
-           if d.world_size > 1 else trainee)
+           if d.distributed else trainee)
 
     if d.main:
         log.info("%s: %s (%.2f M parameters), %s head, %d speakers, %d utterances, %d steps/epoch x %d "
@@ -385,8 +390,8 @@ def train(cfg: Config, *, utterances: Sequence[Utterance] | None = None, exp: Pa
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
         loader.batch_sampler.set_epoch(epoch)
-        if d.world_size > 1:
-            count = check_disjoint_shards(loader.batch_sampler, len(loader.dataset), d)
+        if d.distributed:
+            count = check_disjoint_shards(loader.batch_sampler, len(loader.dataset), d, device)
             if d.main:
                 log.info("epoch %d: %d ranks drew disjoint shards of %d utterances each", epoch + 1,
                          d.world_size, count)
@@ -415,11 +420,11 @@ def train(cfg: Config, *, utterances: Sequence[Utterance] | None = None, exp: Pa
             eer = f"  val EER {100 * val_eer:.2f}%" if row["val_eer"] else ""
             log.info("epoch %d/%d  loss %s  acc %s  lr %s%s  (%ss)", epoch + 1, cfg.epochs, row["loss"],
                      row["accuracy"], row["lr"], eer, row["seconds"])
-        if d.world_size > 1:
+        if d.distributed:
             dist.barrier()
     if d.main:
         record_results(exp, cfg, model, frontend, device, precision, len(utterances), kept)
-    if d.world_size > 1:
+    if d.distributed:
         check_replicas_in_sync(trainee, d)
         dist.barrier()
         dist.destroy_process_group()

@@ -5,11 +5,15 @@
 
 For training on noisy speaker labels: an utterance whose embedding sits far from the rest of its speaker's
 is likely mislabelled (or off-speaker). Each round embeds every training utterance with the latest model
-(the one feature path of inference.py), scores it (--sort-by), keeps each speaker's utterances whose score
-lies in the [low, high] percentile range of that speaker's scores (at least --min-keep of them), retrains
+(the one feature path of inference.py), scores it (--sort-by), keeps each speaker's utterances whose rank
+lies in the [low, high] percentile range (at least --min-keep of them), retrains
 with the source run's config (flags on this command line override it) on the kept list, and evaluates.
 Scores, kept lists and a report go to exp/<source>-keep<low>-<high>/round<k>/; when the source run injected
 label noise, the report gives precision and recall of the removed utterances against the ones that moved.
+
+Percentiles rank a speaker's utterances from the most typical (0: the highest score) to the least typical
+(100), so `--keep 0 90` drops only the 10 % least typical, where mislabelled utterances gather, and
+`--keep 5 95` also drops the 5 % most typical.
 """
 
 from __future__ import annotations
@@ -67,6 +71,12 @@ def keep_range(scores: np.ndarray, low: float, high: float, min_keep: int) -> np
         kept = np.zeros(len(scores), dtype=bool)
         kept[np.argsort(np.abs(scores - middle), kind="stable")[:min_keep]] = True
     return kept
+
+
+def keep_typical(scores: np.ndarray, low: float, high: float, min_keep: int) -> np.ndarray:
+    """Boolean mask of one speaker's kept utterances, `scores` higher = more typical, the percentiles counted
+    from the most typical utterance (0) to the least typical (100): keep_range on the negated scores."""
+    return keep_range(-scores, low, high, min_keep)
 
 
 def leave_one_out_centroid_scores(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -142,7 +152,7 @@ def score_and_trim(trained: Trained, utts: list[Utterance], cfg: Config, out: Pa
         by_speaker[u.speaker].append(i)
     kept = np.zeros(len(utts), dtype=bool)
     for idx in by_speaker.values():
-        kept[idx] = keep_range(scores[idx], low, high, cfg.min_keep)
+        kept[idx] = keep_typical(scores[idx], low, high, cfg.min_keep)
     lines = [f"{u.key}\t{u.speaker}\t{s:.6f}\t{int(k)}\n" for u, s, k in zip(utts, scores, kept)]
     atomic_write_text(out / "utterance_scores.tsv", "key\tspeaker\tscore\tkept\n" + "".join(lines))
     return [u for u, k in zip(utts, kept) if k]

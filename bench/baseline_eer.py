@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from config import Config
 from data.audio import load_audio
 from data.dataset import read_trials
 from data.features import FbankOptions, fbank
+from data.synth import ensure_demo_corpus
 from utils import UserError, compute_eer, run_main
 
 log = logging.getLogger("voiceprint")
-
-DEMO_CORPUS = Path("corpora/demo")
 
 
 def mean_log_mel(paths: list[Path], opts: FbankOptions) -> np.ndarray:
@@ -66,20 +66,18 @@ def baseline_eer(wav_dir: Path, trials_path: Path, opts: FbankOptions) -> tuple[
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", type=Path, default=DEMO_CORPUS,
-                        help="corpus folder with <split>/wav/ and <split>/trials.txt (default: %(default)s; "
-                             "generated with the default spec when absent)")
+    demo = Path(Config().demo_corpus)
+    parser.add_argument("--corpus", type=Path, default=demo,
+                        help="corpus folder with <split>/wav/ and <split>/trials.txt (default: %(default)s, the "
+                             "demo corpus, generated with the default spec when absent or incomplete)")
     parser.add_argument("--split", default="test", help="split whose trials to score (default: %(default)s)")
     parser.add_argument("--trials", type=Path, default=None, help="trial list (default: <corpus>/<split>/trials.txt)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    if not args.corpus.exists():
-        from data.synth import generate_corpus
-
-        log.info("generating the demo corpus in %s (first use)", args.corpus)
-        generate_corpus(args.corpus)
+    if args.corpus.resolve() == demo.resolve():
+        ensure_demo_corpus(demo)
     wav_dir = args.corpus / args.split / "wav"
     if not wav_dir.is_dir():
         raise UserError(f"{wav_dir}: no such folder (expected <corpus>/<split>/wav)")

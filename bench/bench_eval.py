@@ -110,16 +110,11 @@ def bench_metrics(num_trials: int, repeats: int) -> str:
 
 # --- extraction -------------------------------------------------------------------------------------------
 
-def demo_test_set(root: Path) -> tuple[Path, Path] | None:
-    """corpora/demo/test/{wav, trials.txt}, generated with data.synth when absent; None when it cannot be."""
-    if not (root / ".complete").is_file():
-        try:
-            from data.synth import generate_corpus
-        except ImportError as err:
-            log.warning("no demo corpus at %s and no generator (%s): extraction part skipped", root, err)
-            return None
-        log.info("generating the demo corpus in %s", root)
-        generate_corpus(root)
+def demo_test_set(root: Path) -> tuple[Path, Path]:
+    """corpora/demo/test/{wav, trials.txt}, generated (or refreshed) with data.synth when needed."""
+    from data.synth import ensure_demo_corpus
+
+    ensure_demo_corpus(root)
     return root / "test" / "wav", root / "test" / "trials.txt"
 
 
@@ -158,10 +153,7 @@ def bench_extraction(args: argparse.Namespace) -> str:
     except ImportError as err:
         log.warning("extraction part skipped: %s", err)
         return ""
-    found = demo_test_set(Path(args.corpus))
-    if found is None:
-        return ""
-    wav, trials_path = found
+    wav, trials_path = demo_test_set(Path(args.corpus))
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     precision = resolve_precision(args.precision, device)

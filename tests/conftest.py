@@ -1,5 +1,6 @@
 """Shared fixtures: one tiny generated corpus for the whole session."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -25,3 +26,11 @@ def tiny_train_args(corpus: Path, exp_dir: Path, name: str, *extra: str) -> list
             "--test-data", str(corpus / "test/wav"), "--test-trials", str(corpus / "test/trials.txt"),
             "--exp-dir", str(exp_dir), "--name", name, "--channels", "16", "--batch-size", "8",
             "--num-frames", "100", "--epochs", "2", "--num-workers", "0", "--threads", "1", *extra]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a script run in a subprocess: the repository first on PYTHONPATH, whatever else
+    was there kept (packages installed with --target live there)."""
+    root = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH", "")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}

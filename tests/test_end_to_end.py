@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import torch
 import inference
 import train
 import train_sort
-from tests.conftest import tiny_train_args
+from tests.conftest import subprocess_env, tiny_train_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +50,7 @@ def test_killed_run_resumes_to_identical_weights(tiny_corpus, tmp_path):
     train.main(full)
 
     killed = [a.replace("{}", "killed") for a in args]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = subprocess_env()
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *killed], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = tmp_path / "killed" / "checkpoints" / "epoch_0001.pt"
@@ -76,8 +75,9 @@ def test_killed_run_resumes_to_identical_weights(tiny_corpus, tmp_path):
 def test_two_process_gloo_ddp(tiny_corpus, tmp_path):
     """torchrun with 2 CPU processes: ranks draw disjoint shards and end with identical weights (train.py
     checks both and fails otherwise); only rank 0 writes the experiment."""
-    args = tiny_train_args(tiny_corpus, tmp_path, "ddp", "--epochs", "1", "--batch-size", "4", "--test-trials")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    args = tiny_train_args(tiny_corpus, tmp_path, "ddp", "--epochs", "1", "--batch-size", "4", "--test-trials",
+                            "--device", "cpu")
+    env = subprocess_env(OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                            "--standalone", str(ROOT / "train.py"), *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from train_sort import detection, keep_range, leave_one_out_centroid_scores, percent_range
+from train_sort import detection, keep_range, keep_typical, leave_one_out_centroid_scores, percent_range
 from utils import UserError
 
 
@@ -41,6 +41,13 @@ def test_keep_range_tiny_speakers_keep_min_keep():
     assert kept.tolist() == [False, True, True, False]
 
 
+def test_keep_typical_counts_percentiles_from_the_most_typical():
+    scores = np.linspace(1.0, 0.0, 21)  # utterance i is the i-th most typical
+    np.testing.assert_array_equal(np.flatnonzero(keep_typical(scores, 0, 90, 0)), np.arange(0, 19))  # low tail out
+    np.testing.assert_array_equal(np.flatnonzero(keep_typical(scores, 10, 100, 0)), np.arange(2, 21))  # top out
+    np.testing.assert_array_equal(np.flatnonzero(keep_typical(scores, 5, 95, 0)), np.arange(1, 20))
+
+
 def test_leave_one_out_centroid_matches_direct_computation():
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(9, 4))
@@ -64,6 +71,6 @@ def test_planted_outlier_scores_lowest_and_detection_figures():
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     scores = leave_one_out_centroid_scores(emb, np.zeros(20, dtype=int))
     assert np.argmin(scores) == 7
-    removed = {f"u{i}" for i in np.flatnonzero(~keep_range(scores, 5, 100, 0))}
+    removed = {f"u{i}" for i in np.flatnonzero(~keep_typical(scores, 0, 95, 0))}  # drop the least typical 5%
     found = detection(removed, moved={"u7", "u12"})
     assert removed == {"u7"} and found.precision == 1.0 and found.recall == 0.5
