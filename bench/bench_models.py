@@ -32,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from loss import build_head
 from models import MODELS, build_model
+from utils import configure_malloc
 
 log = logging.getLogger("voiceprint")
 
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    configure_malloc()  # the allocator setting train.py applies (bench_speed measures it)
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(args.seed)  # model initialisation
     generator = torch.Generator().manual_seed(args.seed)

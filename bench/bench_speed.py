@@ -60,6 +60,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from config import Config
 from loss import build_head
 from models import MODELS, build_model
 from utils import autocast, configure_malloc
@@ -298,7 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--extract-files", type=int, default=160, help="random wav files per extraction pass "
                                                                          "(default: 160)")
     parser.add_argument("--passes", type=int, default=2, help="extraction passes, the best taken (default: 2)")
-    parser.add_argument("--eval-batch-size", type=int, default=16)
+    parser.add_argument("--eval-batch-size", type=int, default=Config().eval_batch_size,
+                        help="files per extraction batch (default: config.py's eval_batch_size, %(default)s)")
     parser.add_argument("--bucket-crop", type=float, default=0.1,
                         help="eval_bucket_crop of the extraction rows (default: %(default)s)")
     parser.add_argument("--skip-allocator", action="store_true", help="no glibc-default subprocess (row A)")

@@ -74,3 +74,21 @@ def test_planted_outlier_scores_lowest_and_detection_figures():
     removed = {f"u{i}" for i in np.flatnonzero(~keep_typical(scores, 0, 95, 0))}  # drop the least typical 5%
     found = detection(removed, moved={"u7", "u12"})
     assert removed == {"u7"} and found.precision == 1.0 and found.recall == 0.5
+
+
+def test_bench_sort_table_means_over_seeds_and_gap_closed():
+    from bench.bench_sort import table
+
+    def rows(clean, noisy, trimmed):
+        return [{"run": "clean", "noise": 0.0, "kept": "all", "eer": clean, "min_dcf": 0.5},
+                {"run": "noisy-0.2", "noise": 0.2, "kept": "all", "eer": noisy, "min_dcf": 0.6},
+                {"run": "noisy-0.2-keep0-90", "noise": 0.2, "kept": "0-90", "eer": trimmed, "min_dcf": 0.55,
+                 "removed": 10, "precision": 0.9, "recall": 0.5, "auc": 0.98, "typical_share": 0.0}]
+
+    text = table([rows(0.04, 0.07, 0.05), rows(0.06, 0.09, 0.07)])  # means 5 %, 8 %, 6 %
+    lines = text.splitlines()
+    assert "mean of 2 seeds" in lines[0]
+    assert "| clean | 0 | all |" in lines[2] and "| 5.00 (4.00-6.00) |" in lines[2]
+    trimmed = lines[4]
+    assert "| 6.00 (5.00-7.00) |" in trimmed and trimmed.endswith("| 67% |")  # (8 - 6) / (8 - 5)
+    assert "| 0.90 | 0.50 | 0.980 | 0.00 |" in trimmed
