@@ -34,8 +34,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
-from utils import UserError, atomic_write_text, run_main
+import train
+import train_sort
+from config import build_config, parse_args
+from inference import read_train_list
+from utils import UserError, atomic_write_text, load_checkpoint, run_main
 
 log = logging.getLogger("voiceprint")
 
@@ -54,8 +59,6 @@ def results(run: Path) -> dict | None:
 
 
 def train_run(root: Path, name: str, flags: list[str]) -> dict:
-    import train
-
     run = root / name
     if results(run) is None:
         log.info("bench_sort: training %s", run)
@@ -64,8 +67,6 @@ def train_run(root: Path, name: str, flags: list[str]) -> dict:
 
 
 def sort_run(root: Path, source: str, keep: tuple[float, float], flags: list[str]) -> tuple[Path, dict]:
-    import train_sort
-
     name = f"{source}-keep{keep[0]:g}-{keep[1]:g}"
     run = root / name / "round1"
     if results(run) is None:
@@ -77,29 +78,21 @@ def sort_run(root: Path, source: str, keep: tuple[float, float], flags: list[str
 
 def oracle_run(root: Path, source: str, flags: list[str]) -> dict:
     """The noisy run's list without the moved utterances, retrained with the noisy run's config."""
-    from config import build_config, parse_args
-    from inference import read_train_list
-    from train import train
-    from train_sort import read_moved
-    from utils import load_checkpoint
-
     run = root / f"{source}-oracle"
     if results(run) is None:
-        moved = read_moved(root / source)
+        moved = train_sort.read_moved(root / source)
         kept = [u for u in read_train_list(root / source) if u.key not in moved]
         saved = load_checkpoint(root / source / "checkpoints" / "best.pt")["config"]
         overrides, _ = parse_args(flags, __doc__)
         cfg = build_config({**overrides, "name": run.name, "resume": False}, base=saved)
         log.info("bench_sort: oracle %s (%d utterances)", run, len(kept))
-        train(cfg, utterances=kept, exp=run, kept="oracle: all moved removed")
+        train.train(cfg, utterances=kept, exp=run, kept="oracle: all moved removed")
     return results(run)
 
 
 def diagnostics(sorted_run: Path, moved: set[str]) -> dict[str, float]:
     """AUC of the per-utterance score for moved vs clean utterances (within-speaker percentile ranks pooled),
     and the fraction of removed utterances from each speaker's more typical half."""
-    from sklearn.metrics import roc_auc_score
-
     with open(sorted_run / "utterance_scores.tsv") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     by_speaker: dict[str, list[dict]] = {}
@@ -124,8 +117,6 @@ def experiment(root: Path, noises: list[float], keeps: list[tuple[float, float]]
                flags: list[str]) -> list[dict]:
     """Every run of one seed (trained unless its results exist), as rows: name, noise, kept, eer, min_dcf and,
     for the trimmed and oracle runs, removed, precision, recall (and auc, typical share when trimmed)."""
-    from train_sort import read_moved
-
     clean = train_run(root, "clean", flags)
     rows = [{"run": "clean", "noise": 0.0, "kept": "all", "eer": clean["eer"], "min_dcf": clean["min_dcf"]["0.01"]}]
     for noise in noises:
@@ -133,7 +124,7 @@ def experiment(root: Path, noises: list[float], keeps: list[tuple[float, float]]
         noisy = train_run(root, source, ["--label-noise", f"{noise:g}", *flags])
         rows.append({"run": source, "noise": noise, "kept": "all", "eer": noisy["eer"],
                      "min_dcf": noisy["min_dcf"]["0.01"]})
-        moved = read_moved(root / source)
+        moved = train_sort.read_moved(root / source)
         for keep in keeps:
             run, r = sort_run(root, source, keep, flags)
             report = json.loads((run / "report.json").read_text())

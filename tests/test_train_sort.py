@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from bench.bench_sort import table
 from train_sort import detection, keep_range, keep_typical, leave_one_out_centroid_scores, percent_range
 from utils import UserError
 
@@ -77,8 +78,6 @@ def test_planted_outlier_scores_lowest_and_detection_figures():
 
 
 def test_bench_sort_table_means_over_seeds_and_gap_closed():
-    from bench.bench_sort import table
-
     def rows(clean, noisy, trimmed):
         return [{"run": "clean", "noise": 0.0, "kept": "all", "eer": clean, "min_dcf": 0.5},
                 {"run": "noisy-0.2", "noise": 0.2, "kept": "all", "eer": noisy, "min_dcf": 0.6},
