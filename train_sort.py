@@ -34,9 +34,9 @@ from inference import (
     Trained,
     build_frontend,
     evaluate_trials,
-    extract_embeddings,
     find_checkpoint,
     load_trained,
+    make_embedder,
     read_train_list,
 )
 from train import train
@@ -137,12 +137,11 @@ def read_moved(run: Path) -> set[str]:
 
 # --- one round ---------------------------------------------------------------------------------------------
 
-def score_and_trim(trained: Trained, utts: list[Utterance], cfg: Config, out: Path,
-                   device: torch.device, precision: str) -> list[Utterance]:
-    frontend = build_frontend(trained.cfg).to(device)
-    emb = extract_embeddings(trained.model.to(device), frontend, {u.key: u.path for u in utts},
-                             sample_rate=trained.cfg.sample_rate, device=device, precision=precision,
-                             max_frames=cfg.max_eval_frames)
+def score_and_trim(trained: Trained, utts: list[Utterance], cfg: Config, out: Path) -> list[Utterance]:
+    # inference.py's embedder and its per-checkpoint cache: trimming one model's list with several ranges or
+    # scores embeds the training utterances once
+    embedder = make_embedder(cfg, trained, trained.path)
+    emb = embedder.embed({u.key: u.path for u in utts}, lengths={u.key: u.num_samples for u in utts})
     embeddings = np.stack([emb[u.key] for u in utts])
     trained.head.cpu()
     scores = utterance_scores(trained, utts, cfg.sort_by, embeddings)
@@ -201,7 +200,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     reports = []
     for k in range(1, cfg.rounds + 1):
         out = root / f"round{k}"
-        kept = score_and_trim(trained, utts, cfg, out, device, precision)
+        kept = score_and_trim(trained, utts, cfg, out)
         removed = {u.key for u in utts} - {u.key for u in kept}
         found = detection(removed, moved)
         summary = removal_summary(utts, kept)
