@@ -1,9 +1,14 @@
 """One configuration for every script: the glossary of the project.
 
-Every field of `Config` is a command-line flag of every script (`num_frames` -> `--num-frames`). A YAML file
-given with `--config FILE.yaml` holds only the keys that differ from the defaults. Precedence:
-defaults < file < flags. An unknown key or a bad value is a one-line `ConfigError` naming the closest valid key.
-The resolved config is saved in every experiment folder and inside every checkpoint.
+Every field of `Config` is a command-line flag (`num_frames` -> `--num-frames`) of the scripts that use it:
+SCOPES says which. A flag (or a --config key) that a script does not use is a one-line `ConfigError` naming
+the script, never silently ignored. A YAML file given with `--config FILE.yaml` holds only the keys that differ
+from the defaults. Precedence: defaults < file < flags. An unknown key or a bad value is a one-line
+`ConfigError` naming the closest valid key. The resolved config is saved in every experiment folder and inside
+every checkpoint.
+
+What defines a trained model and its features (MODEL_KEYS) comes from its checkpoint: inference.py,
+train_sort.py and a resumed train.py reject a different value for one of them (`check_model_keys`).
 
 The defaults are the recipe the project descends from (ECAPA-TDNN, Adam, lr 0.0005 decayed by 0.97 per epoch,
 batch 64, SpecAugment, AAM-softmax s=30 m=0.2) sized so that a bare `python train.py` on the generated demo
@@ -139,6 +144,40 @@ class Config:
         _validate(self)
 
 
+# --- which script uses which keys ----------------------------------------------------------------------
+
+RUN_KEYS = ("exp_dir", "seed", "device", "precision", "threads")
+MODEL_KEYS = ("model", "channels", "embed_dim",  # the network's shape...
+              "sample_rate", "n_mels", "frame_length_ms", "frame_shift_ms", "window_type", "cmn")  # ...its features
+EVAL_KEYS = ("test_data", "test_trials", "eval_batch_size", "max_eval_frames", "eval_crops", "eval_crop_frames",
+             "eval_bucket_crop", "subtract_mean", "score_norm", "cohort_top_n", "cohort_utts_per_speaker",
+             "bootstrap", "test_durations")
+INFERENCE_ONLY = ("checkpoint", "calibrate", "calibrate_data", "val_data", "decision_p_target", "decision_threshold")
+SORT_KEYS = ("source", "keep", "sort_by", "min_keep", "rounds")
+
+
+def _train_keys() -> tuple[str, ...]:
+    """train.py uses every key but the ones only inference and train_sort read."""
+    exclude = (set(INFERENCE_ONLY) - {"val_data"}) | set(SORT_KEYS)
+    return tuple(k for k in (f.name for f in dataclasses.fields(Config)) if k not in exclude)
+
+
+SCOPES: dict[str, tuple[str, ...]] = {
+    "train.py": _train_keys(),
+    "inference.py": (*RUN_KEYS, *MODEL_KEYS, *EVAL_KEYS, *INFERENCE_ONLY),
+    "train_sort.py": (*(k for k in _train_keys() if k != "resume"), *SORT_KEYS),
+}
+
+
+def check_model_keys(overrides: dict[str, object], saved: Config, source: str | Path) -> None:
+    """A model's defining keys come from its checkpoint: a different value given now is an error."""
+    for key in MODEL_KEYS:
+        if key in overrides and _convert(key, overrides[key]) != getattr(saved, key):
+            raise ConfigError(f"{key}: {source} was trained with {getattr(saved, key)!r}, not "
+                              f"{_convert(key, overrides[key])!r}; a trained model's features and shape come "
+                              f"from its checkpoint (drop --{key.replace('_', '-')})")
+
+
 # Values with a closed set of choices. Model and head names are checked against their registries.
 CHOICES: dict[str, tuple[str, ...]] = {
     "precision": ("auto", "fp32", "bf16", "fp16"),
@@ -268,13 +307,16 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
-def make_parser(description: str) -> argparse.ArgumentParser:
-    """Flags for every Config field, defaults suppressed so that only the given ones override."""
+def make_parser(description: str, script: str | None = None) -> argparse.ArgumentParser:
+    """Flags for the Config fields `script` uses (SCOPES; None = all of them), defaults suppressed so that only
+    the given ones override."""
     parser = _Parser(description=description, allow_abbrev=False, argument_default=argparse.SUPPRESS,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(_script=script)
     parser.add_argument("--config", help="YAML file with the keys that differ from the defaults")
     defaults = Config.__new__(Config)  # defaults without validation, for the help text only
-    for f in dataclasses.fields(Config):
+    scope = set(SCOPES[script]) if script else set(FIELDS)
+    for f in (f for f in dataclasses.fields(Config) if f.name in scope):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         setattr(defaults, f.name, default)
         flag = "--" + f.name.replace("_", "-")
@@ -288,6 +330,11 @@ def make_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _out_of_scope(key: str, script: str) -> str:
+    users = [name for name, keys in SCOPES.items() if key in keys]
+    return f"{script} does not use {key}" + (f" (a setting of {', '.join(users)})" if users else "")
+
+
 def parse_args(argv: list[str] | None, description: str,
                parser: argparse.ArgumentParser | None = None) -> tuple[dict[str, object], argparse.Namespace]:
     """The config keys a command line sets (its --config file's keys, overridden by its flags), and the
@@ -295,22 +342,27 @@ def parse_args(argv: list[str] | None, description: str,
     these on top of it; others on top of the defaults (`parse_config`)."""
     parser = parser or make_parser(description)
     args, unknown = parser.parse_known_args(argv)
+    script = getattr(args, "_script", None)
     if unknown:
         flags = [u for u in unknown if u.startswith("-")]
         if not flags:
             raise ConfigError(f"unexpected argument '{unknown[0]}'")
-        key = flags[0].lstrip("-").split("=")[0].replace("-", "_")
+        key = flags[0].lstrip("-").split("=")[0].replace("-", "_").removeprefix("no_")
+        if key in FIELDS and script:
+            raise ConfigError(f"{flags[0]}: {_out_of_scope(key, script)}")
         raise ConfigError(f"unknown flag '{flags[0]}'{_closest(key)}")
     overrides = load_yaml(args.config) if getattr(args, "config", None) else {}
     for key in overrides:
         if key not in FIELDS:
             raise ConfigError(f"{args.config}: unknown config key '{key}'{_closest(key)}")
+        if script and key not in SCOPES[script]:
+            raise ConfigError(f"{args.config}: {_out_of_scope(key, script)}")
     overrides.update({k: v for k, v in vars(args).items() if k in FIELDS})
     return overrides, args
 
 
-def parse_config(argv: list[str] | None, description: str) -> Config:
-    return build_config(parse_args(argv, description)[0])
+def parse_config(argv: list[str] | None, description: str, script: str | None = None) -> Config:
+    return build_config(parse_args(argv, description, make_parser(description, script))[0])
 
 
 def to_dict(cfg: Config) -> dict[str, object]:

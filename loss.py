@@ -1,7 +1,8 @@
 """Classification heads that train speaker embeddings, and the margin schedule.
 
 A head owns its class weights (num_speakers x embed_dim) and its margin. Its forward maps
-(embeddings (B, D), labels (B,)) to (mean cross-entropy loss, logits (B, num_speakers)); the returned logits
+(embeddings (B, D), labels (B,), margin) to (mean cross-entropy loss, logits (B, num_speakers)); `margin`
+None = the head's own, a number = this step's (the trainer's margin schedule passes it); the returned logits
 carry no margin, so their argmax is the nearest class and the trainer's accuracy does not depend on the
 margin: softmax returns W e + b, the cosine heads return s * cos(theta_j) (scaled, margin-free).
 Heads compute in float32 even under autocast: a bf16 cosine has 2-3 significant digits, about the size of
@@ -18,22 +19,26 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+if TYPE_CHECKING:  # config imports this module's registry to validate `loss`
+    from config import Config
+
 
 class SoftmaxHead(nn.Module):
     """logits = W e + b; loss = CE(logits, y). No normalisation and no margin: `margin` and `scale` do not
-    apply. The `margin` attribute exists only so that the trainer's margin schedule can set it; it is ignored."""
+    apply (forward takes a margin like every head, and has none to apply)."""
 
     def __init__(self, embed_dim: int, num_speakers: int):
         super().__init__()
         self.classifier = nn.Linear(embed_dim, num_speakers)
-        self.margin = 0.0  # ignored
 
-    def forward(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:  # (B, D), (B,)
+    def forward(self, embeddings: Tensor, labels: Tensor,
+                margin: float | None = None) -> tuple[Tensor, Tensor]:  # (B, D), (B,)
         with torch.autocast(embeddings.device.type, enabled=False):
             logits = self.classifier(embeddings.float())  # (B, S)
             return F.cross_entropy(logits, labels), logits
@@ -50,7 +55,7 @@ class CosineHead(nn.Module):
         loss = -log( exp(s * psi(cos theta_y)) / (exp(s * psi(cos theta_y)) + sum_{j != y} exp(s * cos theta_j)) )
 
     where y is the label and psi, the target's margin function, is the subclass's `target_cosine`.
-    `margin` (m) may be changed between steps (the margin schedule sets it); `scale` is s.
+    `margin` (m) is the head's own; a step may pass another (the margin schedule); `scale` is s.
     """
 
     def __init__(self, embed_dim: int, num_speakers: int, margin: float, scale: float):
@@ -60,18 +65,20 @@ class CosineHead(nn.Module):
         self.margin = float(margin)
         self.scale = float(scale)
 
-    def target_cosine(self, cosine: Tensor) -> Tensor:
+    def target_cosine(self, cosine: Tensor, margin: float) -> Tensor:
         """psi(cos theta_y): the target's cosine with the margin applied (any shape)."""
         raise NotImplementedError
 
     def cosine(self, embeddings: Tensor) -> Tensor:  # (B, D) -> (B, S)
         return F.linear(F.normalize(embeddings, dim=1), F.normalize(self.weight, dim=1))
 
-    def forward(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:  # (B, D), (B,)
+    def forward(self, embeddings: Tensor, labels: Tensor,
+                margin: float | None = None) -> tuple[Tensor, Tensor]:  # (B, D), (B,)
+        margin = self.margin if margin is None else margin
         with torch.autocast(embeddings.device.type, enabled=False):
             cosine = self.cosine(embeddings.float())  # (B, S)
             index = labels.unsqueeze(1)  # (B, 1)
-            target = self.target_cosine(cosine.gather(1, index))  # (B, 1): psi(cos theta_y), computed for
+            target = self.target_cosine(cosine.gather(1, index), margin)  # (B, 1): psi(cos theta_y), computed for
             # the B targets only, then written over them (one out-of-place scatter, no one-hot matrix)
             logits = self.scale * cosine  # (B, S), margin-free
             loss = F.cross_entropy(logits.scatter(1, index, self.scale * target), labels)
@@ -85,8 +92,8 @@ class CosineHead(nn.Module):
 class AMSoftmaxHead(CosineHead):
     """AM-softmax (additive cosine margin): target logit s * (cos theta_y - m)."""
 
-    def target_cosine(self, cosine: Tensor) -> Tensor:
-        return cosine - self.margin
+    def target_cosine(self, cosine: Tensor, margin: float) -> Tensor:
+        return cosine - margin
 
 
 class AAMSoftmaxHead(CosineHead):
@@ -103,8 +110,8 @@ class AAMSoftmaxHead(CosineHead):
         super().__init__(embed_dim, num_speakers, margin, scale)
         self.easy_margin = easy_margin
 
-    def target_cosine(self, cosine: Tensor) -> Tensor:
-        m = self.margin
+    def target_cosine(self, cosine: Tensor, margin: float) -> Tensor:
+        m = margin
         # sin theta >= 0 for theta in [0, pi]; the floor keeps sqrt's gradient finite at cos theta = +-1
         # (torch.where would otherwise multiply an infinite gradient by 0 and return NaN).
         sine = (1.0 - cosine.square()).clamp(min=1e-7).sqrt()
@@ -174,6 +181,12 @@ def build_head(name: str, *, embed_dim: int, num_speakers: int, margin: float, s
     if name not in HEADS:
         raise ValueError(f"unknown head '{name}'; choose one of: {', '.join(HEADS)}")
     return HEADS[name](embed_dim, num_speakers, margin, scale, subcenters, easy_margin)
+
+
+def head_from_config(cfg: Config, embed_dim: int, num_speakers: int) -> nn.Module:
+    """The head a config describes, over `num_speakers` classes of the model's `embed_dim`."""
+    return build_head(cfg.loss, embed_dim=embed_dim, num_speakers=num_speakers, margin=cfg.margin, scale=cfg.scale,
+                      subcenters=cfg.subcenters, easy_margin=cfg.easy_margin)
 
 
 # --- margin schedule ------------------------------------------------------------------------------------

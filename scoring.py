@@ -1,5 +1,5 @@
-"""From embeddings to decisions: score normalisation, calibration, and the evaluation report (DET curve,
-score histogram, results table).
+"""From embeddings to decisions: score normalisation, calibration, and the evaluation plots (DET curve,
+score histogram). The metrics (EER, minDCF, Cllr) are in metrics.py.
 
 Score normalisation (every score starts as the cosine of two L2-normalised embeddings):
   - mean subtraction: the training-set mean embedding is subtracted from every embedding (trial sides and
@@ -18,11 +18,8 @@ Score normalisation (every score starts as the cosine of two L2-normalised embed
 Calibration (Brummer and du Preez, "Application-independent evaluation of speaker detection", CSL 2006;
 BOSARIS toolkit): an affine map llr = a * score + b from scores to log-likelihood ratios, fitted by logistic
 regression on a development list with the targets and non-targets weighted to the prior p (total weights p and
-1 - p), so that the log posterior odds it learns are llr + logit(p). Cllr (bits) measures the LLRs:
-    Cllr = ( mean_targets log2(1 + e^-llr) + mean_nontargets log2(1 + e^llr) ) / 2
-and min Cllr is the Cllr after the best monotone calibration of the scores (pool-adjacent-violators), i.e.
-the discrimination loss alone; Cllr - min Cllr is the calibration loss. With C_miss = C_fa = 1 the Bayes
-decision for prior p accepts when llr >= log((1 - p) / p).
+1 - p), so that the log posterior odds it learns are llr + logit(p). Cllr and min Cllr (metrics.py) measure
+the LLRs. With C_miss = C_fa = 1 the Bayes decision for prior p accepts when llr >= log((1 - p) / p).
 """
 
 from __future__ import annotations
@@ -37,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import OperatingPoints, UserError, atomic_path, atomic_write_text
+from metrics import OperatingPoints
+from utils import UserError, atomic_path, atomic_write_text
 
 log = logging.getLogger("voiceprint")
 
@@ -209,31 +207,6 @@ def fit_calibration(scores: np.ndarray, labels: np.ndarray, prior: float) -> Cal
     return Calibration(slope, intercept - logit(prior), prior)
 
 
-def cllr(llrs: np.ndarray, labels: np.ndarray) -> float:
-    """Cllr in bits (see the header); 0 is perfect, 1 is what the constant llr = 0 gets."""
-    llrs = np.asarray(llrs, dtype=np.float64).ravel()
-    labels = np.asarray(labels).ravel().astype(bool)
-    miss = np.logaddexp(0.0, -llrs[labels]).mean()  # -ln P(target | x) at prior 0.5
-    false_alarm = np.logaddexp(0.0, llrs[~labels]).mean()
-    return float((miss + false_alarm) / (2.0 * math.log(2.0)))
-
-
-def min_cllr(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Cllr of the optimal monotone calibration of the scores: pool-adjacent-violators (isotonic regression,
-    tied scores pooled) gives posteriors at the list's own prior, turned into LLRs by removing that prior."""
-    from sklearn.isotonic import IsotonicRegression
-
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    labels = np.asarray(labels).ravel().astype(bool)
-    posterior = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True).fit_transform(scores, labels)
-    prior_odds = labels.sum() / (~labels).sum()
-    with np.errstate(divide="ignore"):
-        llrs = np.log(posterior) - np.log1p(-posterior) - math.log(prior_odds)  # +-inf where pure
-    # a target never sits in a pooled block of posterior 0, a non-target never in one of 1: no inf reaches
-    # a term that counts it, and logaddexp(0, -inf) = 0 for the others
-    return cllr(llrs, labels)
-
-
 # --- the saved calibration ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -268,7 +241,7 @@ def load_calibrations(path: Path) -> dict[str, CalibrationRecord]:
         raise UserError(f"{path}: not a calibration file of this toolkit ({type(err).__name__}: {err})") from None
 
 
-# --- report: plots and tables ---------------------------------------------------------------------------
+# --- report: plots --------------------------------------------------------------------------------------
 
 DET_TICKS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4)  # probabilities marked on DET axes
 DET_LIMITS = (0.0005, 0.5)
@@ -327,9 +300,3 @@ def plot_histograms(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], path: 
 def _save(fig: object, path: Path) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         fig.savefig(f, format="png", dpi=110)
-
-
-def markdown_table(columns: Sequence[str], rows: Sequence[dict]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return "\n".join(lines) + "\n"

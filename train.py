@@ -7,7 +7,12 @@
 
 Writes exp/<name>/: config.yaml (resolved), train_list.jsonl, log.csv (one row per epoch),
 checkpoints/epoch_NNNN.pt (one per epoch, the last `keep_checkpoints` kept) and checkpoints/best.pt (lowest
-validation EER). Per step: fbank and SpecAugment on the batch (on the device), model, head, backward, step.
+validation EER), then the final test of best.pt: results.json and everything evaluation.evaluate_checkpoint
+writes (the same call as `python inference.py --checkpoint exp/<name>`). Per step: fbank and SpecAugment on
+the batch (on the device), model, head, backward, step.
+
+The steps of `train`: open the run folder (new, or resumed), the training data, the trainer (model, head,
+optimizer), the epochs (train, validate, save), the final check of the replicas and the test.
 """
 
 from __future__ import annotations
@@ -19,11 +24,9 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,32 +35,33 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from config import Config, build_config, parse_args, save_config, to_dict
+from config import Config, build_config, check_model_keys, make_parser, parse_args, save_config, to_dict
 from data.augment import build_augmenter
-from data.dataset import (
-    BalancedSampler,
-    EpochSampler,
-    TrainDataset,
+from data.corpus import (
     Utterance,
     cap_per_speaker,
     inject_label_noise,
     load_index,
     save_index,
     speakers_of,
-    speed_speakers,
     write_moved_labels,
 )
-from data.features import num_samples_for_frames
-from inference import build_frontend, build_network, evaluate_trials, fbank_options
-from loss import MarginSchedule
+from data.crops import TrainDataset, speed_speakers
+from data.features import FrontEnd, fbank_options_from_config, frontend_from_config, num_samples_for_frames
+from data.samplers import BalancedSampler, EpochSampler
+from embedding import Embedder, extraction_from_config
+from evaluation import EvalPlan, TrialList, evaluate, evaluate_checkpoint, load_trial_lists, row_record
+from loss import MarginSchedule, head_from_config
+from metrics import P_TARGETS
+from models import model_from_config
+from runs import find_resumable, latest_checkpoint, load_checkpoint, new_run_dir, save_checkpoint
+from scoring import Scorer
 from utils import (
     UserError,
     append_table_row,
-    atomic_torch_save,
     atomic_write_text,
     autocast,
     configure_malloc,
-    load_checkpoint,
     resolve_device,
     resolve_precision,
     rng_state,
@@ -139,7 +143,7 @@ def all_mean(values: torch.Tensor, d: Dist) -> torch.Tensor:
     return values
 
 
-# --- model -----------------------------------------------------------------------------------------------
+# --- optimisation ----------------------------------------------------------------------------------------
 
 class Trainee(nn.Module):
     """Model and head as one module, so that DDP sees (and synchronises) every trained weight."""
@@ -148,8 +152,9 @@ class Trainee(nn.Module):
         super().__init__()
         self.model, self.head = model, head
 
-    def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.head(self.model(feats), labels)  # (loss, logits (B, num_speakers))
+    def forward(self, feats: torch.Tensor, labels: torch.Tensor,
+                margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(self.model(feats), labels, margin)  # (loss, logits (B, num_speakers))
 
 
 def build_optimizer(cfg: Config, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
@@ -166,12 +171,44 @@ def learning_rate(cfg: Config, epoch: int, progress: float) -> float:
     return cfg.lr * cfg.lr_decay ** epoch * warmup
 
 
+def margin_schedule(cfg: Config) -> Callable[[float], float]:
+    """The margin at a (fractional) epoch: the ramp of cfg.margin_ramp, or cfg.margin throughout."""
+    return MarginSchedule(cfg.margin, *cfg.margin_ramp) if cfg.margin_ramp[1] > 0 else (lambda _: cfg.margin)
+
+
 def step_seed(seed: int, step: int) -> int:
     """The seed of a step's on-device randomness (dither, SpecAugment)."""
     return int(np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0] >> 1)
 
 
-# --- data ------------------------------------------------------------------------------------------------
+# --- the run folder --------------------------------------------------------------------------------------
+
+def open_run(cfg: Config, run: Path | None, d: Dist) -> tuple[Path, dict | None]:
+    """The run folder and, when resuming, its latest checkpoint. A new run never writes into a folder that
+    holds another run's checkpoints or results."""
+    if cfg.resume:
+        run = run or find_resumable(cfg.exp_dir, cfg.name)
+        return run, load_checkpoint(latest_checkpoint(run))
+    run = run or new_run_dir(cfg)
+    if d.main:
+        taken = [p for p in (run / "checkpoints", run / "results.json") if p.exists() and any(_entries(p))]
+        if taken:
+            raise UserError(f"{run}: holds an earlier run ({taken[0].name}); pass --resume to continue it, or "
+                            f"another --name")
+    return run, None
+
+
+def _entries(path: Path) -> list[Path]:
+    return list(path.iterdir()) if path.is_dir() else [path]
+
+
+def check_inputs(cfg: Config) -> tuple[list[TrialList], list[TrialList]]:
+    """Fail before training, not after it: the corpus folders, and every trial list with all its files."""
+    if not Path(cfg.train_data).is_dir():
+        raise UserError(f"{cfg.train_data}: no such corpus folder")
+    val = load_trial_lists([cfg.val_trials], cfg.val_data) if cfg.val_trials else []
+    return val, load_trial_lists(cfg.test_trials, cfg.test_data) if cfg.test_trials else []
+
 
 def ensure_demo_corpus(cfg: Config) -> None:
     """Generate (or refresh) the demo corpus on first use, when training data points inside it."""
@@ -182,32 +219,57 @@ def ensure_demo_corpus(cfg: Config) -> None:
         ensure(root)
 
 
-def check_inputs(cfg: Config) -> None:
-    """Fail before training, not after it, when an evaluation input is missing."""
-    folders = [cfg.train_data, cfg.val_data if cfg.val_trials else "", cfg.test_data if cfg.test_trials else ""]
-    for folder in filter(None, folders):
-        if not Path(folder).is_dir():
-            raise UserError(f"{folder}: no such corpus folder")
-    for trials in [cfg.val_trials, *cfg.test_trials]:
-        if trials and not Path(trials).is_file():
-            raise UserError(f"{trials}: no such trial list")
+LOG_FIELDS = ["epoch", "steps", "lr", "margin", "loss", "accuracy", "val_eer", "val_min_dcf", "seconds"]
 
 
-def training_utterances(cfg: Config, exp: Path | None) -> list[Utterance]:
-    """The corpus after the per-speaker cap and the injected label noise (recorded in the experiment)."""
-    utts = cap_per_speaker(load_index(cfg.train_data, cfg.sample_rate), cfg.utts_per_speaker, cfg.seed)
-    utts, moved = inject_label_noise(utts, cfg.label_noise, cfg.seed)
-    if exp is not None and cfg.label_noise > 0:
-        write_moved_labels(moved, exp / "label_noise.txt")
-    return utts
+def write_log(run: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=LOG_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(run / "log.csv", buffer.getvalue())
 
 
-def make_loader(cfg: Config, utts: Sequence[Utterance], speakers: Sequence[str], d: Dist,
-                pin_memory: bool) -> torch.utils.data.DataLoader:
-    num_samples = num_samples_for_frames(cfg.num_frames, fbank_options(cfg))
+# --- training data ---------------------------------------------------------------------------------------
+
+@dataclass
+class TrainingData:
+    utterances: list[Utterance]
+    speakers: list[str]
+    classes: list[str]  # the head's classes: the speakers, or (speaker, speed) pairs under speed perturbation
+    val_lists: list[TrialList]
+
+
+def training_data(cfg: Config, run: Path, utterances: Sequence[Utterance] | None, d: Dist) -> TrainingData:
+    """Rank 0 checks every input, writes the config and builds (and caches) the corpus index; then every rank
+    reads the index, caps it per speaker and injects the configured label noise (recorded in the run)."""
+    val_lists: list[TrialList] = []
+    if d.main:
+        ensure_demo_corpus(cfg)
+        val_lists, _ = check_inputs(cfg)
+        run.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run / "config.yaml")
+        if utterances is None:
+            load_index(cfg.train_data, cfg.sample_rate)  # scan once, cache for the other ranks
+    if d.distributed:
+        dist.barrier()  # the corpus and its index exist before the other ranks read them
+    if utterances is None:
+        utterances = cap_per_speaker(load_index(cfg.train_data, cfg.sample_rate), cfg.utts_per_speaker, cfg.seed)
+        utterances, moved = inject_label_noise(utterances, cfg.label_noise, cfg.seed)
+        if d.main and cfg.label_noise > 0:
+            write_moved_labels(moved, run / "label_noise.txt")
+    speakers = speakers_of(utterances)
+    if d.main:
+        save_index(utterances, run / "train_list.jsonl")
+    classes = speed_speakers(speakers) if cfg.speed_perturb else speakers
+    return TrainingData(list(utterances), speakers, classes, val_lists)
+
+
+def make_loader(cfg: Config, data: TrainingData, d: Dist, pin_memory: bool) -> torch.utils.data.DataLoader:
+    num_samples = num_samples_for_frames(cfg.num_frames, fbank_options_from_config(cfg))
     augment = build_augmenter(cfg.musan, cfg.rirs, cfg.sample_rate, cfg.aug_prob, cfg.noise_snr, cfg.music_snr,
                               cfg.babble_snr, cfg.babble_speakers)
-    dataset = TrainDataset(utts, speakers, num_samples, cfg.sample_rate, augment=augment,
+    dataset = TrainDataset(data.utterances, data.speakers, num_samples, cfg.sample_rate, augment=augment,
                            speed_perturb=cfg.speed_perturb)
     if cfg.sampler == "balanced":
         sampler = BalancedSampler(dataset.labels, cfg.batch_size, cfg.utts_per_speaker_in_batch, cfg.seed,
@@ -218,257 +280,242 @@ def make_loader(cfg: Config, utts: Sequence[Utterance], speakers: Sequence[str],
                                        pin_memory=pin_memory, persistent_workers=cfg.num_workers > 0)
 
 
-# --- experiment folder and checkpoints -------------------------------------------------------------------
+# --- the trainer -----------------------------------------------------------------------------------------
 
-def experiment_dir(cfg: Config) -> Path:
-    name = cfg.name or f"{cfg.model}-{datetime.now():%Y%m%d-%H%M%S}"
-    return Path(cfg.exp_dir) / name
-
-
-def latest_checkpoint(exp: Path) -> Path | None:
-    epochs = sorted((exp / "checkpoints").glob("epoch_*.pt"))
-    return epochs[-1] if epochs else None
-
-
-def find_resumable(cfg: Config) -> Path:
-    if cfg.name:
-        exp = Path(cfg.exp_dir) / cfg.name
-        if latest_checkpoint(exp) is None:
-            raise UserError(f"{exp}: no checkpoint to resume from")
-        return exp
-    runs = [p.parent.parent for p in Path(cfg.exp_dir).glob("*/checkpoints/epoch_*.pt")]
-    if not runs:
-        raise UserError(f"--resume: no run with a checkpoint under {cfg.exp_dir}/")
-    return max(set(runs), key=lambda p: latest_checkpoint(p).stat().st_mtime)
-
-
-def save_checkpoint(exp: Path, state: dict, keep: int, is_best: bool) -> None:
-    folder = exp / "checkpoints"
-    path = folder / f"epoch_{state['epoch']:04d}.pt"
-    atomic_torch_save(state, path)
-    if is_best:
-        with_tmp = folder / ".best.pt.tmp"
-        shutil.copyfile(path, with_tmp)
-        os.replace(with_tmp, folder / "best.pt")
-    if keep > 0:
-        for old in sorted(folder.glob("epoch_*.pt"))[:-keep]:
-            old.unlink()
+@dataclass
+class Trainer:
+    """What the epochs work on: the model and head (and their DDP wrapper), the front end, the optimizer and
+    the data, on one device at one precision; and the progress so far (the log's rows, the best val EER)."""
+    cfg: Config
+    d: Dist
+    device: torch.device
+    precision: str
+    trainee: Trainee
+    ddp: nn.Module  # trainee, wrapped by DDP under torchrun
+    frontend: FrontEnd
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    loader: torch.utils.data.DataLoader
+    margin: Callable[[float], float]
+    start_epoch: int = 0
+    rows: list[dict] = field(default_factory=list)
+    best_eer: float = math.inf
+    best_epoch: int = 0
 
 
-LOG_FIELDS = ["epoch", "steps", "lr", "margin", "loss", "accuracy", "val_eer", "val_min_dcf", "seconds"]
+def build_trainer(cfg: Config, data: TrainingData, d: Dist, resume_state: dict | None) -> Trainer:
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and d.distributed:
+        device = torch.device("cuda", d.local_rank)
+    precision = resolve_precision(cfg.precision, device)
+    seed_everything(cfg.seed)  # identical initial weights on every rank
+    model = model_from_config(cfg)
+    trainee = Trainee(model, head_from_config(cfg, model.embed_dim, len(data.classes))).to(device)
+    optimizer = build_optimizer(cfg, list(trainee.parameters()))
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    t = Trainer(cfg, d, device, precision, trainee, trainee, frontend_from_config(cfg).to(device), optimizer, scaler,
+                make_loader(cfg, data, d, pin_memory=device.type == "cuda"), margin_schedule(cfg))
+    if resume_state:
+        restore(t, resume_state)
+    if d.distributed:
+        t.ddp = nn.parallel.DistributedDataParallel(trainee, device_ids=[device.index] if device.type == "cuda"
+                                                    else None)
+    return t
 
 
-def write_log(exp: Path, rows: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=LOG_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(exp / "log.csv", buffer.getvalue())
+def restore(t: Trainer, state: dict) -> None:
+    t.trainee.model.load_state_dict(state["model"])
+    t.trainee.head.load_state_dict(state["head"])
+    t.optimizer.load_state_dict(state["optimizer"])
+    if t.scaler is not None and "scaler" in state:
+        t.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    t.start_epoch, t.rows, t.best_eer, t.best_epoch = state["epoch"], state["log"], state["best_eer"], \
+        state["best_epoch"]
 
 
-# --- training --------------------------------------------------------------------------------------------
+def checkpoint_state(t: Trainer, epoch: int, classes: Sequence[str]) -> dict:
+    state = {"model": t.trainee.model.state_dict(), "head": t.trainee.head.state_dict(),
+             "optimizer": t.optimizer.state_dict(), "epoch": epoch, "config": to_dict(t.cfg),
+             "speakers": list(classes), "log": t.rows, "best_eer": t.best_eer, "best_epoch": t.best_epoch,
+             "rng": rng_state()}
+    if t.scaler is not None:
+        state["scaler"] = t.scaler.state_dict()
+    return state
+
+
+# --- one epoch -------------------------------------------------------------------------------------------
 
 @dataclass
 class EpochStats:
     loss: float
     accuracy: float
     steps: int
+    margin: float  # at the epoch's last step
 
 
-def train_epoch(trainee: nn.Module, frontend: nn.Module, loader: torch.utils.data.DataLoader,
-                optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, cfg: Config, epoch: int,
-                first_step: int, margin: MarginSchedule, head: nn.Module, device: torch.device,
-                precision: str, d: Dist) -> EpochStats:
-    trainee.train()
-    frontend.train()
-    steps_per_epoch = len(loader.batch_sampler)
-    generator = torch.Generator(device=device)
-    totals = torch.zeros(3, device=device)  # loss sum, correct, utterances
+def train_epoch(t: Trainer, epoch: int) -> EpochStats:
+    t.ddp.train()
+    t.frontend.train()
+    steps = len(t.loader.batch_sampler)
+    totals = torch.zeros(3, device=t.device)  # loss sum, correct, utterances
+    margin = t.margin(epoch)
     # a bar on a terminal only (disable=None): a log file gets the per-epoch line, not a bar per step
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None if d.main else True,
+    bar = tqdm(t.loader, desc=f"epoch {epoch + 1}/{t.cfg.epochs}", disable=None if t.d.main else True,
                dynamic_ncols=True, leave=False)
     for i, (wave, labels) in enumerate(bar):
-        position = (first_step + i) / steps_per_epoch
-        lr = learning_rate(cfg, epoch, position)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        head.margin = margin(epoch + position)
-        wave = wave.to(device, non_blocking=True)  # (B, N)
-        labels = labels.to(device, non_blocking=True)  # (B,)
-        generator.manual_seed(step_seed(cfg.seed, epoch * steps_per_epoch + first_step + i))
-        feats = frontend(wave, generator=generator)  # (B, T, F)
-        with autocast(device, precision):
-            loss, logits = trainee(feats, labels)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(trainee.parameters(), cfg.grad_clip)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        margin = t.margin(epoch + i / steps)
+        loss, logits, labels = train_step(t, wave, labels, epoch, i, margin)
         with torch.no_grad():
-            totals += torch.stack([loss.detach().float() * len(labels),
-                                   (logits.argmax(-1) == labels).sum().float(),
-                                   torch.tensor(float(len(labels)), device=device)])
-        if d.main and i % 10 == 0:
+            totals += torch.stack([loss.detach().float() * len(labels), (logits.argmax(-1) == labels).sum().float(),
+                                   torch.tensor(float(len(labels)), device=t.device)])
+        if t.d.main and i % 10 == 0:
             bar.set_postfix(loss=f"{totals[0].item() / totals[2].item():.3f}",
-                            acc=f"{totals[1].item() / totals[2].item():.3f}", lr=f"{lr:.2e}")
-    totals = all_mean(totals, d)
-    return EpochStats(totals[0].item() / max(totals[2].item(), 1), totals[1].item() / max(totals[2].item(), 1),
-                      int(round(totals[2].item())) // cfg.batch_size)
+                            acc=f"{totals[1].item() / totals[2].item():.3f}")
+    totals = all_mean(totals, t.d)
+    seen = max(totals[2].item(), 1)
+    steps = int(round(totals[2].item())) // t.cfg.batch_size
+    return EpochStats(totals[0].item() / seen, totals[1].item() / seen, steps, margin)
 
 
-def train(cfg: Config, *, utterances: Sequence[Utterance] | None = None, exp: Path | None = None,
+def train_step(t: Trainer, wave: torch.Tensor, labels: torch.Tensor, epoch: int, i: int,
+               margin: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch of waves (B, N) and labels (B,); returns (loss, logits, labels)."""
+    steps = len(t.loader.batch_sampler)
+    for group in t.optimizer.param_groups:
+        group["lr"] = learning_rate(t.cfg, epoch, i / steps)
+    wave = wave.to(t.device, non_blocking=True)  # (B, N)
+    labels = labels.to(t.device, non_blocking=True)  # (B,)
+    generator = torch.Generator(device=t.device).manual_seed(step_seed(t.cfg.seed, epoch * steps + i))
+    feats = t.frontend(wave, generator=generator)  # (B, T, F)
+    with autocast(t.device, t.precision):
+        loss, logits = t.ddp(feats, labels, margin)
+    t.optimizer.zero_grad(set_to_none=True)
+    if t.scaler is not None:
+        t.scaler.scale(loss).backward()
+        t.scaler.unscale_(t.optimizer)
+    else:
+        loss.backward()
+    if t.cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(t.trainee.parameters(), t.cfg.grad_clip)
+    if t.scaler is not None:
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+    else:
+        t.optimizer.step()
+    return loss, logits, labels
+
+
+def validate(t: Trainer, val_lists: Sequence[TrialList]) -> tuple[float, float]:
+    """(EER, minDCF at the first p_target) of the live model on the validation list: evaluation.evaluate under
+    the run's extraction policy, cosine scores, no cache."""
+    embedder = Embedder(t.trainee.model, t.frontend, t.device, t.precision, extraction_from_config(t.cfg))
+    [row] = evaluate(embedder, val_lists, Scorer(), EvalPlan())
+    return row.result.eer, row.result.min_dcf[P_TARGETS[0]]
+
+
+def run_epoch(t: Trainer, epoch: int, run: Path, data: TrainingData) -> None:
+    """Train one epoch, validate, save the checkpoint and the log (rank 0)."""
+    started = time.perf_counter()
+    t.loader.batch_sampler.set_epoch(epoch)
+    if t.d.distributed:
+        count = check_disjoint_shards(t.loader.batch_sampler, len(t.loader.dataset), t.d, t.device)
+        if t.d.main:
+            log.info("epoch %d: %d ranks drew disjoint shards of %d utterances each", epoch + 1, t.d.world_size,
+                     count)
+    stats = train_epoch(t, epoch)
+    row = {"epoch": epoch + 1, "steps": stats.steps, "lr": f"{learning_rate(t.cfg, epoch, 0):.6g}",
+           "margin": f"{stats.margin:.4f}", "loss": f"{stats.loss:.4f}", "accuracy": f"{stats.accuracy:.4f}",
+           "val_eer": "", "val_min_dcf": ""}
+    if t.d.main and data.val_lists:
+        eer, min_dcf = validate(t, data.val_lists)
+        row["val_eer"], row["val_min_dcf"] = f"{eer:.4f}", f"{min_dcf:.4f}"
+    row["seconds"] = f"{time.perf_counter() - started:.1f}"
+    t.rows.append(row)
+    if t.d.main:
+        val_eer = float(row["val_eer"]) if row["val_eer"] else math.inf
+        is_best = val_eer < t.best_eer or (not data.val_lists and epoch + 1 == t.cfg.epochs)
+        if is_best:
+            t.best_eer, t.best_epoch = min(t.best_eer, val_eer), epoch + 1
+        save_checkpoint(run, checkpoint_state(t, epoch + 1, data.classes), t.cfg.keep_checkpoints, is_best)
+        write_log(run, t.rows)
+        eer = f"  val EER {100 * val_eer:.2f}%" if row["val_eer"] else ""
+        log.info("epoch %d/%d  loss %s  acc %s  lr %s%s  (%ss)", epoch + 1, t.cfg.epochs, row["loss"],
+                 row["accuracy"], row["lr"], eer, row["seconds"])
+    if t.d.distributed:
+        dist.barrier()
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+
+def train(cfg: Config, *, utterances: Sequence[Utterance] | None = None, run: Path | None = None,
           kept: str = "all") -> Path:
-    """Train (or resume, with cfg.resume) and return the experiment folder. `utterances` replaces the
-    corpus scan (train_sort passes its kept list, described by `kept` in the results log); `exp` fixes the
-    folder."""
+    """Train (or resume, with cfg.resume) and return the run folder. `utterances` replaces the corpus scan
+    (train_sort passes its kept list, described by `kept` in the research log); `run` fixes the folder."""
     configure_malloc()
     d = init_distributed(cfg.device)
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and d.distributed:
-        device = torch.device("cuda", d.local_rank)
-    precision = resolve_precision(cfg.precision, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-
-    resume_state = None
-    if cfg.resume:
-        exp = exp or find_resumable(cfg)
-        resume_state = load_checkpoint(latest_checkpoint(exp))
-    exp = exp or experiment_dir(cfg)
-    if d.main:
-        ensure_demo_corpus(cfg)
-        check_inputs(cfg)
-        exp.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, exp / "config.yaml")
-        if utterances is None:
-            load_index(cfg.train_data, cfg.sample_rate)  # scan once, cache for the other ranks
-    if d.distributed:
-        dist.barrier()  # the corpus exists before other ranks scan it
-
-    if utterances is None:  # rank 0 built (and cached) the index before the barrier; the others read it
-        utterances = training_utterances(cfg, exp if d.main else None)
-    speakers = speakers_of(utterances)
-    classes = speed_speakers(speakers) if cfg.speed_perturb else speakers  # the head's classes
-    if d.main:
-        save_index(utterances, exp / "train_list.jsonl")
-
-    seed_everything(cfg.seed)  # identical initial weights on every rank
-    model, head = build_network(cfg, len(classes))
-    trainee = Trainee(model, head).to(device)
-    frontend = build_frontend(cfg).to(device)
-    optimizer = build_optimizer(cfg, list(trainee.parameters()))
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    margin = MarginSchedule(cfg.margin, *cfg.margin_ramp) if cfg.margin_ramp[1] > 0 else (lambda _: cfg.margin)
-    loader = make_loader(cfg, utterances, speakers, d, pin_memory=device.type == "cuda")
-
-    start_epoch, rows, best_eer = 0, [], math.inf
-    if resume_state:
-        trainee.model.load_state_dict(resume_state["model"])
-        trainee.head.load_state_dict(resume_state["head"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        if scaler is not None and "scaler" in resume_state:
-            scaler.load_state_dict(resume_state["scaler"])
-        set_rng_state(resume_state["rng"])
-        start_epoch, rows, best_eer = resume_state["epoch"], resume_state["log"], resume_state["best_eer"]
-        log.info("resuming %s after epoch %d", exp, start_epoch)
-    ddp = (nn.parallel.DistributedDataParallel(trainee, device_ids=[device.index] if device.type == "cuda" else None)
-           if d.distributed else trainee)
-
+    run, resume_state = open_run(cfg, run, d)
+    data = training_data(cfg, run, utterances, d)
+    t = build_trainer(cfg, data, d, resume_state)
+    if resume_state and d.main:
+        log.info("resuming %s after epoch %d", run, t.start_epoch)
     if d.main:
         log.info("%s: %s (%.2f M parameters), %s head, %d speakers, %d utterances, %d steps/epoch x %d "
-                 "process(es) x batch %d; device %s, precision %s", exp, cfg.model,
-                 sum(p.numel() for p in model.parameters()) / 1e6, cfg.loss, len(speakers), len(utterances),
-                 len(loader.batch_sampler), d.world_size, cfg.batch_size, device, precision)
-    for epoch in range(start_epoch, cfg.epochs):
-        started = time.perf_counter()
-        loader.batch_sampler.set_epoch(epoch)
-        if d.distributed:
-            count = check_disjoint_shards(loader.batch_sampler, len(loader.dataset), d, device)
-            if d.main:
-                log.info("epoch %d: %d ranks drew disjoint shards of %d utterances each", epoch + 1,
-                         d.world_size, count)
-        stats = train_epoch(ddp, frontend, loader, optimizer, scaler, cfg, epoch, 0, margin, head, device,
-                            precision, d)
-        row = {"epoch": epoch + 1, "steps": stats.steps, "lr": f"{learning_rate(cfg, epoch, 0):.6g}",
-               "margin": f"{head.margin:.4f}", "loss": f"{stats.loss:.4f}", "accuracy": f"{stats.accuracy:.4f}",
-               "val_eer": "", "val_min_dcf": ""}
-        if d.main and cfg.val_trials:
-            result = evaluate_trials(model, frontend, cfg.val_trials, cfg.val_data, sample_rate=cfg.sample_rate,
-                                     device=device, precision=precision, max_frames=cfg.max_eval_frames)
-            row["val_eer"], row["val_min_dcf"] = f"{result.eer:.4f}", f"{result.min_dcf[0.01]:.4f}"
-        row["seconds"] = f"{time.perf_counter() - started:.1f}"
-        rows.append(row)
-        if d.main:
-            val_eer = float(row["val_eer"]) if row["val_eer"] else math.inf
-            is_best = val_eer < best_eer or (not cfg.val_trials and epoch + 1 == cfg.epochs)
-            best_eer = min(best_eer, val_eer)
-            state = {"model": model.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
-                     "epoch": epoch + 1, "config": to_dict(cfg), "speakers": list(classes), "log": rows,
-                     "best_eer": best_eer, "rng": rng_state()}
-            if scaler is not None:
-                state["scaler"] = scaler.state_dict()
-            save_checkpoint(exp, state, cfg.keep_checkpoints, is_best)
-            write_log(exp, rows)
-            eer = f"  val EER {100 * val_eer:.2f}%" if row["val_eer"] else ""
-            log.info("epoch %d/%d  loss %s  acc %s  lr %s%s  (%ss)", epoch + 1, cfg.epochs, row["loss"],
-                     row["accuracy"], row["lr"], eer, row["seconds"])
-        if d.distributed:
-            dist.barrier()
+                 "process(es) x batch %d; device %s, precision %s", run, cfg.model,
+                 sum(p.numel() for p in t.trainee.model.parameters()) / 1e6, cfg.loss, len(data.speakers),
+                 len(data.utterances), len(t.loader.batch_sampler), d.world_size, cfg.batch_size, t.device,
+                 t.precision)
+    for epoch in range(t.start_epoch, cfg.epochs):
+        run_epoch(t, epoch, run, data)
+    if d.distributed:  # before anything loads best.pt: the replicas compared are the trained ones
+        check_replicas_in_sync(t.trainee, d)
     if d.main:
-        record_results(exp, cfg, model, frontend, device, precision, len(utterances), kept)
+        record_results(run, cfg, len(data.utterances), kept)
     if d.distributed:
-        check_replicas_in_sync(trainee, d)
         dist.barrier()
         dist.destroy_process_group()
-    return exp
+    return run
 
 
 RESULT_COLUMNS = ["run", "model", "optimizer", "lr (decay/epoch)", "batch", "utts/spk", "label noise", "kept",
                   "loss (s, m)", "epochs", "EER %", "minDCF0.01"]
 
 
-def record_results(exp: Path, cfg: Config, model: nn.Module, frontend: nn.Module, device: torch.device,
-                   precision: str, num_utts: int, kept: str) -> None:
-    """Evaluate the best checkpoint on the test trial lists; write exp/results.json and append this run's
-    row to <exp_dir>/results.md, the research log of every run."""
-    best = load_checkpoint(exp / "checkpoints" / "best.pt")
-    model.load_state_dict(best["model"])
-    results = []
-    for trials in cfg.test_trials:
-        r = evaluate_trials(model, frontend, trials, cfg.test_data, sample_rate=cfg.sample_rate, device=device,
-                            precision=precision, max_frames=cfg.max_eval_frames)
-        results.append({"trials": trials, "num_trials": r.num_trials, "eer": r.eer,
-                        "min_dcf": {str(p): v for p, v in r.min_dcf.items()}})
-        log.info("test %s: EER %.2f%%  minDCF(0.01) %.4f", trials, 100 * r.eer, r.min_dcf[0.01])
-    atomic_write_text(exp / "results.json", json.dumps({"checkpoint": "checkpoints/best.pt", "epoch": best["epoch"],
-                                                        "results": results}, indent=2))
-    if results:
+def record_results(run: Path, cfg: Config, num_utts: int, kept: str) -> None:
+    """The final test of best.pt (evaluation.evaluate_checkpoint, as `inference.py --checkpoint RUN` runs it):
+    run/results.json, and this run's row appended to <exp_dir>/results.md, the research log of every run."""
+    best = run / "checkpoints" / "best.pt"
+    rows = evaluate_checkpoint(cfg, best).rows if cfg.test_trials else []
+    for r in rows:
+        log.info("test %s %s: EER %.2f%%  minDCF(%g) %.4f", r.trial_list.name, r.result.score_norm,
+                 100 * r.result.eer, P_TARGETS[0], r.result.min_dcf[P_TARGETS[0]])
+    epoch = load_checkpoint(best)["epoch"]
+    atomic_write_text(run / "results.json", json.dumps({"checkpoint": "checkpoints/best.pt", "epoch": epoch,
+                                                        "results": [row_record(r) for r in rows]}, indent=2))
+    if rows:
+        first = rows[0].result
         append_table_row(Path(cfg.exp_dir) / "results.md", RESULT_COLUMNS, {
-            "run": exp.relative_to(cfg.exp_dir).as_posix() if exp.is_relative_to(cfg.exp_dir) else str(exp),
+            "run": run.relative_to(cfg.exp_dir).as_posix() if run.is_relative_to(cfg.exp_dir) else str(run),
             "model": cfg.model + (f" C={cfg.channels}" if cfg.channels else ""), "optimizer": cfg.optimizer,
             "lr (decay/epoch)": f"{cfg.lr:g} ({cfg.lr_decay:g})", "batch": cfg.batch_size,
             "utts/spk": cfg.utts_per_speaker or "all", "label noise": f"{cfg.label_noise:g}", "kept": kept,
             "loss (s, m)": f"{cfg.loss} ({cfg.scale:g}, {cfg.margin:g})", "epochs": cfg.epochs,
-            "EER %": f"{100 * results[0]['eer']:.2f}", "minDCF0.01": f"{results[0]['min_dcf']['0.01']:.4f}"})
+            "EER %": f"{100 * first.eer:.2f}", "minDCF0.01": f"{first.min_dcf[P_TARGETS[0]]:.4f}"})
 
 
 def main(argv: list[str] | None = None) -> Path:
-    overrides, _ = parse_args(argv, __doc__)
+    overrides, _ = parse_args(argv, __doc__, make_parser(__doc__, "train.py"))
     cfg = build_config(overrides)
-    if cfg.resume:  # the saved config of the run, with this command line's flags on top (e.g. more epochs)
-        exp = find_resumable(cfg)
-        saved = load_checkpoint(latest_checkpoint(exp))["config"]
-        cfg = build_config({**overrides, "resume": True, "name": exp.name}, base=saved)
-        return train(cfg, exp=exp)
-    return train(cfg)
+    if not cfg.resume:
+        return train(cfg)
+    # the saved config of the run, with this command line's flags on top (e.g. more epochs); never another
+    # model or other features
+    run = find_resumable(cfg.exp_dir, cfg.name)
+    saved = load_checkpoint(latest_checkpoint(run))["config"]
+    check_model_keys(overrides, build_config({}, base=saved), run)
+    return train(build_config({**overrides, "resume": True, "name": run.name}, base=saved), run=run)
 
 
 if __name__ == "__main__":

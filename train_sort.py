@@ -7,7 +7,9 @@ For training on noisy speaker labels: an utterance whose embedding sits far from
 is likely mislabelled (or off-speaker). Each round embeds every training utterance with the latest model
 (the one feature path of inference.py), scores it (--sort-by), keeps each speaker's utterances whose rank
 lies in the [low, high] percentile range (at least --min-keep of them), retrains
-with the source run's config (flags on this command line override it) on the kept list, and evaluates.
+with the source run's config (flags on this command line override it, except those that define the model and
+its features, which must stay the source's) on the kept list, and evaluates through evaluation.py, as
+train.py and inference.py do.
 Scores, kept lists and a report go to exp/<source>-keep<low>-<high>/round<k>/; when the source run injected
 label noise, the report gives precision and recall of the removed utterances against the ones that moved.
 
@@ -18,6 +20,7 @@ Percentiles rank a speaker's utterances from the most typical (0: the highest sc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections import Counter, defaultdict
@@ -28,19 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from config import Config, build_config, make_parser, parse_args
-from data.dataset import Utterance
-from inference import (
-    Trained,
-    build_frontend,
-    evaluate_trials,
-    find_checkpoint,
-    load_trained,
-    make_embedder,
-    read_train_list,
-)
+from config import Config, build_config, check_model_keys, make_parser, parse_args
+from data.corpus import Utterance
+from evaluation import checkpoint_embedder, evaluate_checkpoint, read_train_list
+from runs import Trained, find_checkpoint, load_trained, run_dir
 from train import train
-from utils import UserError, atomic_write_text, configure_malloc, resolve_device, resolve_precision, run_main
+from utils import UserError, atomic_write_text, configure_malloc, run_main
 
 log = logging.getLogger("voiceprint")
 
@@ -138,9 +134,9 @@ def read_moved(run: Path) -> set[str]:
 # --- one round ---------------------------------------------------------------------------------------------
 
 def score_and_trim(trained: Trained, utts: list[Utterance], cfg: Config, out: Path) -> list[Utterance]:
-    # inference.py's embedder and its per-checkpoint cache: trimming one model's list with several ranges or
-    # scores embeds the training utterances once
-    embedder = make_embedder(cfg, trained, trained.path)
+    # the embedder of evaluation.py and its per-checkpoint cache: trimming one model's list with several
+    # ranges or scores embeds the training utterances once
+    embedder = checkpoint_embedder(cfg, trained.model, trained.path)
     emb = embedder.embed({u.key: u.path for u in utts}, lengths={u.key: u.num_samples for u in utts})
     embeddings = np.stack([emb[u.key] for u in utts])
     trained.head.cpu()
@@ -164,23 +160,46 @@ def removal_summary(before: Sequence[Utterance], after: Sequence[Utterance]) -> 
             f"median {np.median(per_speaker):.0f}, max {per_speaker.max()}")
 
 
-def test_eer(trained: Trained, device: torch.device, precision: str) -> float:
-    cfg = trained.cfg
-    frontend = build_frontend(cfg).to(device)
-    return evaluate_trials(trained.model.to(device), frontend, cfg.test_trials[0], cfg.test_data,
-                           sample_rate=cfg.sample_rate, device=device, precision=precision,
-                           max_frames=cfg.max_eval_frames).eer
+def test_eer(cfg: Config, trained: Trained) -> float:
+    """The first test list's EER of a run: the one train.py recorded, else evaluated now (the same path)."""
+    path = run_dir(trained.path) / "results.json"
+    if path.is_file():
+        return json.loads(path.read_text())["results"][0]["eer"]
+    return evaluate_checkpoint(cfg, trained.path).rows[0].result.eer
 
 
-def recorded_test_eer(run: Path) -> float | None:
-    """The first test list's EER that train.py recorded for a run, if any."""
-    path = run / "results.json"
-    return json.loads(path.read_text())["results"][0]["eer"] if path.is_file() else None
+@dataclass(frozen=True)
+class Round:
+    number: int
+    root: Path  # exp_dir/<source>-keep<low>-<high>-<sort_by>
+    label: str  # the kept range "<low>-<high>", as the research log shows it
+
+
+def run_round(cfg: Config, r: Round, trained: Trained, utts: list[Utterance], moved: set[str],
+              eer_before: float) -> tuple[dict, Trained]:
+    """Score and trim the full list with `trained`, retrain on what is kept, report; returns the report and
+    the retrained model."""
+    out = r.root / f"round{r.number}"
+    kept = score_and_trim(trained, utts, cfg, out)
+    found = detection({u.key for u in utts} - {u.key for u in kept}, moved)
+    summary = removal_summary(utts, kept)
+    log.info("round %d: %s", r.number, summary)
+    run_cfg = build_config({"name": f"{r.root.name}/round{r.number}"}, base=dataclasses.asdict(cfg))
+    run = train(run_cfg, utterances=kept, run=out, kept=f"{r.label} ({cfg.sort_by}, round {r.number})")
+    retrained = load_trained(find_checkpoint(str(run), cfg.exp_dir))
+    eer_after = test_eer(cfg, retrained)
+    report = {"round": r.number, "summary": summary, "kept": len(kept), "total": len(utts),
+              "eer_before": eer_before, "eer_after": eer_after, "removed": found.removed,
+              "moved": found.moved, "precision": found.precision, "recall": found.recall}
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
+    noise = f"; removed-vs-moved precision {found.precision:.3f} recall {found.recall:.3f}" if found.moved else ""
+    print(f"round {r.number}: {summary}; test EER {100 * eer_before:.2f}% -> {100 * eer_after:.2f}%{noise}")
+    return report, retrained
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     configure_malloc()
-    parser = make_parser(__doc__)
+    parser = make_parser(__doc__, "train_sort.py")
     parser.add_argument("--from", dest="source", metavar="RUN", help="the experiment folder to start from")
     overrides, _ = parse_args(argv, __doc__, parser)
     cli = build_config(overrides)
@@ -189,36 +208,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     low, high = percent_range(cli.keep)  # a range that keeps nothing fails before any work
     source = Path(cli.source)
     trained = load_trained(find_checkpoint(str(source), cli.exp_dir))
+    check_model_keys(overrides, trained.cfg, source)
     utts, moved = read_train_list(source), read_moved(source)
-    base = {**trained.cfg.__dict__, "resume": False}  # label noise (if any) is in the list already
-    cfg = build_config(overrides, base=base)
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
+    # the source's config (label noise, if any, is in its list already), this command line on top
+    cfg = build_config(overrides, base={**dataclasses.asdict(trained.cfg), "resume": False})
     root = Path(cfg.exp_dir) / (overrides.get("name") or f"{source.name}-keep{low:g}-{high:g}-{cfg.sort_by}")
-    eer_before = recorded_test_eer(source)
-    eer_before = test_eer(trained, device, precision) if eer_before is None else eer_before
+    eer_before = test_eer(cfg, trained)
     reports = []
-    for k in range(1, cfg.rounds + 1):
-        out = root / f"round{k}"
-        kept = score_and_trim(trained, utts, cfg, out)
-        removed = {u.key for u in utts} - {u.key for u in kept}
-        found = detection(removed, moved)
-        summary = removal_summary(utts, kept)
-        log.info("round %d: %s", k, summary)
-        run_cfg = build_config({"name": f"{root.name}/round{k}"}, base={**cfg.__dict__})
-        run = train(run_cfg, utterances=kept, exp=out, kept=f"{low:g}-{high:g} ({cfg.sort_by}, round {k})")
-        trained = load_trained(find_checkpoint(str(run), cfg.exp_dir))
-        eer_after = recorded_test_eer(run)
-        eer_after = test_eer(trained, device, precision) if eer_after is None else eer_after
-        report = {"round": k, "summary": summary, "kept": len(kept), "total": len(utts),
-                  "eer_before": eer_before, "eer_after": eer_after, "removed": found.removed,
-                  "moved": found.moved, "precision": found.precision, "recall": found.recall}
-        atomic_write_text(out / "report.json", json.dumps(report, indent=2))
-        noise = (f"; removed-vs-moved precision {found.precision:.3f} recall {found.recall:.3f}"
-                 if found.moved else "")
-        print(f"round {k}: {summary}; test EER {100 * eer_before:.2f}% -> {100 * eer_after:.2f}%{noise}")
+    for k in range(1, cfg.rounds + 1):  # each round re-scores the full source list with the newest model
+        report, trained = run_round(cfg, Round(k, root, f"{low:g}-{high:g}"), trained, utts, moved,
+                                    eer_before)
         reports.append(report)
-        eer_before = eer_after  # the next round re-scores the full source list with this model
+        eer_before = report["eer_after"]
     return reports
 
 

@@ -1,5 +1,5 @@
-"""Shared helpers: user-facing errors, atomic writes, device and precision choice, seeding, the allocator
-setting, and the verification metrics (EER, minDCF) that every script reports."""
+"""Shared machinery: user-facing errors, atomic writes, Markdown tables, checkpoint loading, device and
+precision choice, the allocator setting, seeding. The verification metrics are in metrics.py."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import platform
 import random
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -67,9 +66,32 @@ def atomic_write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def atomic_torch_save(obj: object, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def _markdown_line(cells: Sequence[object]) -> str:
+    return "| " + " | ".join(map(str, cells)) + " |\n"
+
+
+def markdown_header(columns: Sequence[str]) -> str:
+    """The header of a Markdown table: the column names, then the separator line."""
+    return _markdown_line(columns) + "|" + "---|" * len(columns) + "\n"
+
+
+def markdown_row(columns: Sequence[str], row: dict[str, object]) -> str:
+    """One line of a Markdown table: the row's value for each column, empty where it has none."""
+    return _markdown_line([row.get(c, "") for c in columns])
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[dict[str, object]]) -> str:
+    return markdown_header(columns) + "".join(markdown_row(columns, row) for row in rows)
 
 
 def append_table_row(path: Path, columns: list[str], row: dict[str, object]) -> None:
@@ -79,11 +101,11 @@ def append_table_row(path: Path, columns: list[str], row: dict[str, object]) -> 
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = "| " + " | ".join(str(row.get(c, "")) for c in columns) + " |\n"
+    line = markdown_row(columns, row)
     with open(path, "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         f.seek(0)
-        header = "" if f.read(1) else ("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n")
+        header = "" if f.read(1) else markdown_header(columns)
         f.write(header + line)
         f.flush()
         os.fsync(f.fileno())
@@ -214,287 +236,3 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# --- metrics --------------------------------------------------------------------------------------------
-#
-# A trial is accepted when its score >= threshold. For every distinct score taken as the threshold (plus
-# +inf, accepting nothing) one sorted pass gives the miss rate P_miss (targets rejected) and the false-alarm
-# rate P_fa (non-targets accepted); ties are one operating point, never split.
-#
-# EER: the point where P_miss = P_fa on the ROC drawn by straight lines between those operating points
-# (the same curve as scikit-learn's roc_curve with linear interpolation). A fraction, not a percent.
-#
-# minDCF (NIST SRE 2008-2019 evaluation plans): C_det(t) = C_miss P_miss(t) P_target + C_fa P_fa(t) (1 - P_target),
-# normalised by C_default = min(C_miss P_target, C_fa (1 - P_target)), minimised over the thresholds.
-#
-# `verification_metrics` gives the same EER and minDCFs (same values, same thresholds) without sorting every
-# score: see `relevant_points`. `bootstrap_metrics` gives their confidence intervals.
-
-@dataclass(frozen=True)
-class OperatingPoints:
-    thresholds: np.ndarray  # (K,), decreasing, thresholds[0] = +inf
-    p_miss: np.ndarray  # (K,), non-increasing
-    p_fa: np.ndarray  # (K,), non-decreasing
-
-
-def _trials(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Scores as float64 (N,), labels as bool (N,), and the target and non-target counts (both > 0)."""
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    labels = np.asarray(labels).ravel().astype(bool)
-    if scores.shape != labels.shape:
-        raise ValueError(f"{scores.size} scores but {labels.size} labels")
-    num_target = int(labels.sum())
-    num_nontarget = labels.size - num_target
-    if num_target == 0 or num_nontarget == 0:
-        raise ValueError(f"need target and non-target trials, got {num_target} and {num_nontarget}")
-    return scores, labels, num_target, num_nontarget
-
-
-def operating_points(scores: np.ndarray, labels: np.ndarray) -> OperatingPoints:
-    scores, labels, num_target, num_nontarget = _trials(scores, labels)
-    groups = tie_groups(scores, labels)
-    return OperatingPoints(
-        thresholds=np.r_[np.inf, groups.scores],
-        p_miss=1.0 - np.r_[0, np.cumsum(groups.targets)] / num_target,
-        p_fa=np.r_[0, np.cumsum(groups.nontargets)] / num_nontarget,
-    )
-
-
-@dataclass(frozen=True)
-class TieGroups:
-    scores: np.ndarray  # (G,) distinct scores, decreasing
-    targets: np.ndarray  # (G,) target trials with that score
-    nontargets: np.ndarray  # (G,)
-
-
-def tie_groups(scores: np.ndarray, labels: np.ndarray) -> TieGroups:
-    """The trials grouped by distinct score, highest first: one operating point per group. One sort."""
-    order = np.argsort(-scores)  # not stable: a tie is one group whatever its order
-    sorted_scores = scores[order]
-    hits = np.cumsum(labels[order])
-    last_of_tie = np.r_[np.flatnonzero(np.diff(sorted_scores)), scores.size - 1]
-    targets = np.diff(np.r_[0, hits[last_of_tie]])
-    return TieGroups(sorted_scores[last_of_tie], targets, np.diff(np.r_[0, last_of_tie + 1]) - targets)
-
-
-@dataclass(frozen=True)
-class EER:
-    eer: float  # fraction in [0, 1]
-    threshold: float  # the score at which P_miss = P_fa, interpolated between operating points
-
-
-def eer_from_points(points: OperatingPoints) -> EER:
-    gap = points.p_miss - points.p_fa  # decreasing from 1 to -1 over the points
-    i = int(np.argmax(gap <= 0))  # first point at or past the crossing (i >= 1: gap[0] = 1)
-    a = gap[i - 1] / (gap[i - 1] - gap[i])  # fraction of the segment (i-1, i) where the gap is zero
-    eer = points.p_fa[i - 1] + a * (points.p_fa[i] - points.p_fa[i - 1])
-    lo, hi = points.thresholds[i], points.thresholds[i - 1]
-    threshold = lo if not np.isfinite(hi) else hi + a * (lo - hi)
-    return EER(float(eer), float(threshold))
-
-
-def compute_eer(scores: np.ndarray, labels: np.ndarray) -> EER:
-    return eer_from_points(operating_points(scores, labels))
-
-
-@dataclass(frozen=True)
-class MinDCF:
-    min_dcf: float  # normalised, in [0, 1]
-    threshold: float
-    p_target: float
-
-
-def min_dcf_from_points(points: OperatingPoints, p_target: float, c_miss: float = 1.0,
-                        c_fa: float = 1.0) -> MinDCF:
-    dcf = c_miss * points.p_miss * p_target + c_fa * points.p_fa * (1.0 - p_target)
-    i = int(np.argmin(dcf))
-    return MinDCF(float(dcf[i] / min(c_miss * p_target, c_fa * (1.0 - p_target))),
-                  float(points.thresholds[i]), p_target)
-
-
-def compute_min_dcf(scores: np.ndarray, labels: np.ndarray, p_target: float, c_miss: float = 1.0,
-                    c_fa: float = 1.0) -> MinDCF:
-    return min_dcf_from_points(operating_points(scores, labels), p_target, c_miss, c_fa)
-
-
-# --- metrics without the full sort, and their confidence intervals -------------------------------------
-
-@dataclass(frozen=True)
-class Metrics:
-    eer: EER
-    min_dcf: dict[float, MinDCF]  # p_target -> minDCF
-
-
-def verification_metrics(scores: np.ndarray, labels: np.ndarray, p_targets: tuple[float, ...] = (0.01, 0.05),
-                         c_miss: float = 1.0, c_fa: float = 1.0) -> Metrics:
-    """EER and the minDCF at each p_target: the values and thresholds of `eer_from_points` and
-    `min_dcf_from_points` on `operating_points`, computed from `relevant_points` (no full sort)."""
-    points = relevant_points(scores, labels, p_targets, c_miss, c_fa)
-    eer = eer_from_points(points)
-    min_dcf = {p: min_dcf_from_points(points, p, c_miss, c_fa) for p in p_targets}
-    if np.isnan(eer.threshold) or any(np.isnan(d.threshold) for d in min_dcf.values()):  # cannot happen
-        raise AssertionError("relevant_points dropped a threshold the metrics need")
-    return Metrics(eer, min_dcf)
-
-
-SORT_ALL_BELOW = 1 << 16  # relevant_points sorts smaller lists whole: binning gains nothing there
-TRIALS_PER_BIN = 8  # relevant_points: bins = trials / 8, so a bin to refine holds a few dozen trials
-
-
-def relevant_points(scores: np.ndarray, labels: np.ndarray, p_targets: tuple[float, ...] = (0.01, 0.05),
-                    c_miss: float = 1.0, c_fa: float = 1.0) -> OperatingPoints:
-    """The operating points the EER and the minDCFs at `p_targets` use, with their exact thresholds, found
-    with a few linear passes over the scores instead of a sort of all of them (10 M trials: 0.4 s, against
-    3.3 s for `operating_points` and 6 s for scikit-learn's roc_curve; bench/bench_eval.py).
-
-    The result is a subsequence of `operating_points(scores, labels)` (same P_miss, P_fa, thresholds; a
-    threshold the metrics never read is NaN), so `eer_from_points` and `min_dcf_from_points` return the same
-    values and thresholds on both. How: the scores go into equal-width bins between their minimum and
-    maximum (monotone in the score, so tied scores share a bin), and a histogram per class gives the exact
-    operating point after each whole bin. Only these bins are then sorted and expanded into their own tie
-    groups: the bin where P_miss - P_fa changes sign, and the one before it (the EER interpolates between
-    two neighbouring points); for each p_target, the bin ending at the best whole-bin DCF (for its
-    threshold) and every bin whose points could do at least as well -- a point inside a bin has P_miss no
-    lower than after the bin and P_fa no lower than before it, which bounds its DCF from below. Every other
-    bin stays one point (its last one). Small lists, non-finite scores, and lists where the bins to expand
-    hold more than a quarter of the trials (scores piled on a few values) take `operating_points` instead.
-    """
-    scores, labels, num_target, num_nontarget = _trials(scores, labels)
-    low, high = scores.min(), scores.max()
-    num_bins = max(1, scores.size // TRIALS_PER_BIN)
-    if scores.size < SORT_ALL_BELOW or not (np.isfinite(low) and np.isfinite(high)) or low == high:
-        return operating_points(scores, labels)
-    scale = num_bins / (high - low)
-    if not np.isfinite(scale):
-        return operating_points(scores, labels)
-    bins = ((scores - low) * scale).astype(np.int64)  # monotone non-decreasing in the score
-    np.minimum(bins, num_bins - 1, out=bins)
-    rank = num_bins - 1 - bins  # 0 = the bin of the highest scores: points go from high to low thresholds
-    counts = np.bincount(2 * rank + labels, minlength=2 * num_bins).reshape(num_bins, 2)  # (bins, [non, tar])
-    filled = np.flatnonzero(counts.sum(axis=1))  # non-empty bins, by rank
-    nontargets, targets = counts[filled, 0], counts[filled, 1]
-    p_miss = 1.0 - np.r_[0, np.cumsum(targets)] / num_target  # (len(filled) + 1,): after each whole bin
-    p_fa = np.r_[0, np.cumsum(nontargets)] / num_nontarget
-
-    expand = np.zeros(len(filled), dtype=bool)
-    crossing = int(np.argmax(p_miss - p_fa <= 0))  # the first whole-bin point at or past P_miss = P_fa
-    expand[max(crossing - 2, 0):crossing] = True
-    for p in p_targets:
-        dcf = c_miss * p_miss * p + c_fa * p_fa * (1.0 - p)  # as min_dcf_from_points computes it
-        best = int(np.argmin(dcf))
-        if best > 0:
-            expand[best - 1] = True
-        lower_bound = c_miss * p_miss[1:] * p + c_fa * p_fa[:-1] * (1.0 - p)  # of the points inside each bin
-        expand |= lower_bound <= dcf[best]
-    if counts[filled[expand]].sum() > scores.size // 4:
-        return operating_points(scores, labels)
-
-    flag = np.zeros(num_bins, dtype=bool)
-    flag[filled[expand]] = True
-    inside = flag[rank]
-    sub = tie_groups(scores[inside], labels[inside])  # tie groups of the expanded bins
-    group_rank = num_bins - 1 - np.minimum(((sub.scores - low) * scale).astype(np.int64), num_bins - 1)
-    rank_of_point = np.r_[group_rank, filled[~expand]]  # expanded groups (by rank, then score) + whole bins
-    order = np.argsort(rank_of_point, kind="stable")  # two sorted runs: a linear merge
-    accepted_targets = np.r_[0, np.cumsum(np.r_[sub.targets, targets[~expand]][order])]
-    accepted_nontargets = np.r_[0, np.cumsum(np.r_[sub.nontargets, nontargets[~expand]][order])]
-    thresholds = np.r_[sub.scores, np.full((~expand).sum(), np.nan)][order]
-    return OperatingPoints(
-        thresholds=np.r_[np.inf, thresholds],
-        p_miss=1.0 - accepted_targets / num_target,
-        p_fa=accepted_nontargets / num_nontarget,
-    )
-
-
-@dataclass(frozen=True)
-class BootstrapCI:
-    """Percentile bootstrap confidence intervals, (low, high) each."""
-    eer: tuple[float, float]  # fraction
-    min_dcf: dict[float, tuple[float, float]]  # p_target -> normalised minDCF interval
-    rounds: int
-    confidence: float  # e.g. 0.95
-    seed: int
-
-
-BOOTSTRAP_CHUNK = 1 << 22  # resampled trial counts held in memory at once (x 8 bytes, a few arrays)
-
-
-def bootstrap_metrics(scores: np.ndarray, labels: np.ndarray, p_targets: tuple[float, ...] = (0.01, 0.05), *,
-                      rounds: int = 1000, confidence: float = 0.95, seed: int = 0, c_miss: float = 1.0,
-                      c_fa: float = 1.0) -> BootstrapCI:
-    """Confidence intervals of the EER and the minDCFs: the (1 - confidence) / 2 and (1 + confidence) / 2
-    quantiles of each metric over `rounds` bootstrap replicates of the trial list.
-
-    A replicate draws, with replacement, as many target trials from the targets and as many non-target
-    trials from the non-targets as the list holds (resampling stratified by class, so every replicate has
-    both and the same class balance). Trials are resampled independently, although one utterance appears
-    in many trials: the interval reflects the finite number of trials, not of speakers or recordings, and is
-    narrower than a speaker-level interval would be.
-
-    Vectorised, with one sort: a replicate is a count per trial (how often it was drawn; a multinomial,
-    drawn as uniform indices and counted), and because the draw is uniform, index i can stand for the i-th
-    target (or non-target) in decreasing score order. The count of targets accepted at each operating
-    point of the sorted list is then a cumulative sum of the counts, read at the end of each tie group;
-    P_miss, P_fa, EER and DCF follow for many replicates at once (BOOTSTRAP_CHUNK counts per block): the EER
-    by a binary search per replicate for its crossing (float64), the minDCF as a minimum over all points of
-    each replicate (float32 arithmetic, relative error ~1e-7, halving the memory traffic). Seeded: the same
-    seed, scores and rounds give the same interval. VoxCeleb1-O size (37,720 trials), 1000 replicates: ~1 s.
-    """
-    scores, labels, num_target, num_nontarget = _trials(scores, labels)
-    if rounds < 1 or not 0.0 < confidence < 1.0:
-        raise ValueError(f"need rounds >= 1 and 0 < confidence < 1, got {rounds} and {confidence}")
-    groups = tie_groups(scores, labels)
-    targets_through = np.cumsum(groups.targets)  # (G,): targets in the groups down to this one
-    nontargets_through = np.cumsum(groups.nontargets)
-    rng = np.random.default_rng(seed)
-    per_block = max(1, BOOTSTRAP_CHUNK // scores.size)
-    eers, dcfs = [], {p: [] for p in p_targets}
-    for start in range(0, rounds, per_block):
-        block = min(per_block, rounds - start)
-        accepted_targets = _resampled_accepted(rng, block, num_target, targets_through)  # (block, G + 1)
-        accepted_nontargets = _resampled_accepted(rng, block, num_nontarget, nontargets_through)
-        eers.append(_eer_of_rows(accepted_targets, accepted_nontargets, num_target, num_nontarget))
-        for p in p_targets:  # C_det = C_miss p (1 - T / N_tar) + C_fa (1 - p) N / N_non, minimised per row
-            a, b = c_miss * p, c_fa * (1.0 - p)
-            lowest = (accepted_nontargets * np.float32(b / num_nontarget)
-                      - accepted_targets * np.float32(a / num_target)).min(axis=1)
-            dcfs[p].append((a + lowest.astype(np.float64)) / min(a, b))
-    quantiles = [(1.0 - confidence) / 2, (1.0 + confidence) / 2]
-
-    def interval(values: list[np.ndarray]) -> tuple[float, float]:
-        low, high = np.quantile(np.concatenate(values), quantiles)
-        return float(low), float(high)
-
-    return BootstrapCI(interval(eers), {p: interval(v) for p, v in dcfs.items()}, rounds, confidence, seed)
-
-
-def _resampled_accepted(rng: np.random.Generator, block: int, count: int, through: np.ndarray) -> np.ndarray:
-    """(block, G + 1) float32 (exact integers): for each replicate, the resampled trials of one class accepted
-    at each operating point (0 at the first, which accepts nothing); `through[g]` = the class's trials in tie
-    groups 0..g."""
-    draws = rng.integers(0, count, size=(block, count))
-    draws += np.arange(block)[:, None] * count  # one bincount for the block: row r counts in [r * count, ...)
-    drawn = np.bincount(draws.ravel(), minlength=block * count).reshape(block, count)  # (block, count)
-    cumulative = np.zeros((block, count + 1), dtype=np.float32 if count < 1 << 24 else np.float64)
-    np.cumsum(drawn, axis=1, out=cumulative[:, 1:])  # cumulative[:, k] = draws among the first k trials
-    return np.take(cumulative, np.r_[0, through], axis=1)  # np.take: several times faster than [:, index]
-
-
-def _eer_of_rows(targets: np.ndarray, nontargets: np.ndarray, num_target: int, num_nontarget: int) -> np.ndarray:
-    """`eer_from_points` for each row of (rows, points) counts of accepted targets and non-targets: a binary
-    search per row for the first point where P_miss <= P_fa, i.e. T / N_tar + N / N_non >= 1 (rising along
-    a row), then the interpolation between it and the point before, in float64."""
-    rows = np.arange(len(targets))
-
-    def gap(i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # P_miss - P_fa and P_fa at points i of each row
-        p_fa = nontargets[rows, i].astype(np.float64) / num_nontarget
-        return 1.0 - targets[rows, i].astype(np.float64) / num_target - p_fa, p_fa
-
-    low, high = np.zeros(len(rows), dtype=np.int64), np.full(len(rows), targets.shape[1] - 1)
-    while np.any(high - low > 1):  # invariant: gap(low) > 0 >= gap(high); gap(0) = 1, gap(last) = -1
-        middle = (low + high) // 2
-        crossed = gap(middle)[0] <= 0
-        low, high = np.where(crossed, low, middle), np.where(crossed, middle, high)
-    (before, fa_before), (after, fa_after) = gap(low), gap(high)
-    return fa_before + before / (before - after) * (fa_after - fa_before)

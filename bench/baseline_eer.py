@@ -24,10 +24,11 @@ import torch
 
 from config import Config
 from data.audio import load_audio
-from data.dataset import read_trials
 from data.features import FbankOptions, fbank
 from data.synth import ensure_demo_corpus
-from utils import UserError, compute_eer, run_main
+from data.trials import read_trials
+from metrics import compute_eer
+from utils import UserError, run_main
 
 log = logging.getLogger("voiceprint")
 

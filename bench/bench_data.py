@@ -31,18 +31,10 @@ import torch
 
 from data.audio import AUDIO_EXTENSIONS, load_audio
 from data.augment import build_augmenter
-from data.dataset import (
-    EpochSampler,
-    TrainDataset,
-    Utterance,
-    crop_bounds,
-    load_index,
-    random_crop,
-    speakers_of,
-    walk_audio,
-    wrap_pad,
-)
+from data.corpus import Utterance, load_index, speakers_of, walk_audio
+from data.crops import TrainDataset, crop_bounds, random_crop, wrap_pad
 from data.prepare import prepare_corpus
+from data.samplers import EpochSampler
 
 log = logging.getLogger("voiceprint")
 

@@ -12,14 +12,15 @@ linear interpolation -- the EER only; (b) the full sort, `operating_points` + `e
 binned pass. The results of (b) and (c) must be identical, and the EER within 1e-9 of (a). Then
 `bootstrap_metrics` (1000 replicates) on lists of VoxCeleb1-O size (37,720 trials) and VoxCeleb1-E/H size.
 
-Extraction: the demo test set (corpora/demo/test/wav, trials.txt) through `inference.extract_embeddings`,
+Extraction: the demo test set (corpora/demo/test/wav, trials.txt) through `embedding.Embedder.extract`,
 from reading the file to the L2-normalised embedding (header reads, audio decoding, fbank, network), with:
 one file at a time; batches of equal frame counts (the default, exact); batches that cut files by up to
 eval_bucket_crop of their frames (--crops). Speed table: --model at its standard size (ECAPA-TDNN C=512;
 random weights, the speed does not depend on them) on --threads CPU threads, over all files or every k-th
 (--speed-files): the real-time factor (audio seconds per wall second), how much audio the cuts dropped, and
 how far the embeddings move from one-file-at-a-time. EER table: a trained model (--checkpoint, else the newest
-run under --exp-dir; any architecture) over all files: the EER of each policy and its difference to exact.
+run under --exp-dir; any architecture) over all files, scored by `evaluation.evaluate`: the EER of each policy
+and its difference to exact.
 
 Prints Markdown tables on stdout; progress goes to the log on stderr. The page cache is warm (files are read
 once before timing). On a shared machine other processes share the CPU: the numbers are upper bounds on time.
@@ -36,15 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils import (
-    bootstrap_metrics,
-    configure_malloc,
-    eer_from_points,
-    min_dcf_from_points,
-    operating_points,
-    resolve_precision,
-    verification_metrics,
-)
+from metrics import bootstrap_metrics, eer_from_points, min_dcf_from_points, operating_points, verification_metrics
+from utils import configure_malloc, resolve_precision
 
 log = logging.getLogger("voiceprint")
 
@@ -131,24 +125,25 @@ def speed_model(model_name: str):
 
 def accuracy_model(checkpoint: str, exp_dir: str):
     """(model, cfg, path) of the EER columns: --checkpoint, else the newest best.pt under exp_dir, else None."""
-    import inference
+    from runs import find_checkpoint, load_trained
 
     if checkpoint:
-        path = inference.find_checkpoint(checkpoint, exp_dir)
+        path = find_checkpoint(checkpoint, exp_dir)
     else:
         runs = sorted(Path(exp_dir).glob("*/checkpoints/best.pt"), key=lambda p: p.stat().st_mtime)
         if not runs:
             return None
         path = runs[-1]
-    trained = inference.load_trained(path)
+    trained = load_trained(path)
     return trained.model, trained.cfg, path
 
 
 def bench_extraction(args: argparse.Namespace) -> str:
     try:
-        import inference
         from data.audio import audio_info, load_audio
-        from data.dataset import read_trials, trial_paths
+        from data.features import frontend_from_config
+        from embedding import Embedder, Extraction
+        from evaluation import EvalPlan, evaluate, load_trial_lists
         from scoring import Scorer
     except ImportError as err:
         log.warning("extraction part skipped: %s", err)
@@ -157,9 +152,8 @@ def bench_extraction(args: argparse.Namespace) -> str:
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     precision = resolve_precision(args.precision, device)
-    trials = read_trials(trials_path)
-    paths = trial_paths(trials, wav, trials_path)
-    labels = np.array([t.label for t in trials])
+    trial_list = load_trial_lists([str(trials_path)], str(wav))[0]
+    trials, paths = trial_list.trials, trial_list.files
     model, cfg = speed_model(args.model)
     lengths = {k: audio_info(p, cfg.sample_rate) for k, p in paths.items()}
     for p in paths.values():  # warm the page cache: the timing is of decoding, not of the disk
@@ -171,22 +165,19 @@ def bench_extraction(args: argparse.Namespace) -> str:
                                                 args.batch_size, 0.0)]
     configs += [(f"batches of {args.batch_size}, cut up to {100 * c:g}%", args.batch_size, c) for c in args.crops]
 
-    def extract(net, net_cfg, files: dict[str, str], batch_size: int, crop: float) -> dict[str, np.ndarray]:
-        return inference.extract_embeddings(net, inference.build_frontend(net_cfg), files,
-                                            sample_rate=net_cfg.sample_rate, device=device, precision=precision,
-                                            batch_size=batch_size, bucket_crop=crop)
+    def embedder(net, net_cfg, batch_size: int, crop: float) -> Embedder:  # no cache: every call extracts
+        return Embedder(net, frontend_from_config(net_cfg), device, precision,
+                        Extraction(batch_size=batch_size, bucket_crop=crop))
 
     def cut(batch_size: int, crop: float, files: dict[str, str]) -> str:
-        extractor = inference.Extractor(model, inference.build_frontend(cfg), cfg.sample_rate, device, precision,
-                                        inference.Extraction(batch_size=batch_size, bucket_crop=crop))
-        return dropped_audio(extractor, {k: lengths[k] for k in files})
+        return dropped_audio(embedder(model, cfg, batch_size, crop), {k: lengths[k] for k in files})
 
     log.info("speed: %d of %d files, %.0f s of audio, %s, %s, %d threads", len(timed), len(paths), seconds,
              args.model, precision, args.threads)
     speed, alone = [], None
     for name, batch_size, crop in configs:
         started, cpu_started = time.perf_counter(), time.process_time()
-        emb = extract(model, cfg, timed, batch_size, crop)
+        emb = embedder(model, cfg, batch_size, crop).extract(timed)
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         alone = emb if alone is None else alone
         drift = max(float(np.abs(emb[k] - alone[k]).max()) for k in timed)
@@ -208,8 +199,8 @@ def bench_extraction(args: argparse.Namespace) -> str:
         return "\n".join(lines) + "\n"
     accuracy, exact = [], None
     for name, batch_size, crop in configs[1:]:  # exact batches are one-at-a-time (max diff above)
-        emb = extract(trained[0], trained[1], paths, batch_size, crop)
-        eer = verification_metrics(Scorer().score_trials(trials, emb, emb, "none"), labels).eer.eer
+        eer = evaluate(embedder(trained[0], trained[1], batch_size, crop), [trial_list], Scorer(),
+                       EvalPlan())[0].result.eer
         exact = exact if exact is not None else eer
         accuracy.append(f"| {name} | {100 * eer:.2f} | {100 * (eer - exact):+.2f} | {cut(batch_size, crop, paths)} |")
         log.info("%s: EER %.2f%%", name, 100 * eer)

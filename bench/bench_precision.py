@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
 
-import inference
-from data.dataset import read_trials, trial_paths
+from data.features import frontend_from_config
+from embedding import Embedder, Extraction
+from evaluation import EvalPlan, evaluate, load_trial_lists
+from runs import find_checkpoint, load_trained
 from scoring import Scorer
-from utils import configure_malloc, resolve_device, run_main, verification_metrics
+from utils import UserError, configure_malloc, resolve_device, run_main
 
 log = logging.getLogger("voiceprint")
 
@@ -32,25 +36,25 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     configure_malloc()
-    ckpt = inference.find_checkpoint(args.checkpoint, args.exp_dir)
-    trained = inference.load_trained(ckpt)
+    ckpt = find_checkpoint(args.checkpoint, args.exp_dir)
+    trained = load_trained(ckpt)
     cfg, device = trained.cfg, resolve_device(args.device)
-    trials_path = cfg.test_trials[0]
-    trials = read_trials(trials_path)
-    paths = trial_paths(trials, cfg.test_data, trials_path)
-    labels = np.array([t.label for t in trials])
-    model, frontend = trained.model.to(device), inference.build_frontend(cfg).to(device)
+    if not cfg.test_trials:
+        raise UserError(f"{ckpt}: its config names no test trial list")
+    trial_list = load_trial_lists(cfg.test_trials[:1], cfg.test_data)[0]
+    trials, paths = trial_list.trials, trial_list.files
+    model, frontend = trained.model.to(device), frontend_from_config(cfg).to(device)
+    extraction = Extraction(batch_size=cfg.eval_batch_size)  # full length, exact batching
     emb, rows = {}, []
-    for precision in ("fp32", "bf16"):
-        log.info("embedding %d files in %s", len(paths), precision)
-        emb[precision] = inference.extract_embeddings(model, frontend, paths, sample_rate=cfg.sample_rate,
-                                                      device=device, precision=precision,
-                                                      batch_size=cfg.eval_batch_size)
-        m = verification_metrics(Scorer().score_trials(trials, emb[precision], emb[precision], "none"), labels)
-        rows.append(f"| {precision} | {100 * m.eer.eer:.2f} | {m.min_dcf[0.01].min_dcf:.4f} | "
-                    f"{m.min_dcf[0.05].min_dcf:.4f} |")
+    with tempfile.TemporaryDirectory() as cache:  # evaluate embeds each file once; the cosines read them back
+        for precision in ("fp32", "bf16"):  # the precision is part of the cache key: one file each
+            log.info("embedding %d files in %s", len(paths), precision)
+            embedder = Embedder(model, frontend, device, precision, extraction, cache_dir=Path(cache))
+            m = evaluate(embedder, [trial_list], Scorer(), EvalPlan())[0].result
+            emb[precision] = embedder.embed(paths)
+            rows.append(f"| {precision} | {100 * m.eer:.2f} | {m.min_dcf[0.01]:.4f} | {m.min_dcf[0.05]:.4f} |")
     cos = np.array([float(np.dot(emb["fp32"][k], emb["bf16"][k])) for k in paths])  # both L2-normalised
-    text = (f"{ckpt} on {trials_path} ({len(trials)} trials, {len(paths)} files), device {device}, torch "
+    text = (f"{ckpt} on {trial_list.path} ({len(trials)} trials, {len(paths)} files), device {device}, torch "
             f"{torch.__version__}\n\n| precision | EER % | minDCF0.01 | minDCF0.05 |\n|---|---|---|---|\n"
             + "\n".join(rows) + f"\n\ncosine(fp32, bf16) per file: mean {cos.mean():.6f}, min {cos.min():.6f}\n")
     print(text)

@@ -12,8 +12,9 @@ Run from the repository root. Every run shares one config and seed (the defaults
 - noisy-<n>-keep<lo>-<hi>: train_sort.py --from noisy-<n> --keep lo hi (centroid scores, 1 round);
 - noisy-<n>-oracle (--oracle): the noisy run's list minus exactly the moved utterances, retrained: what a
   perfect detector would give (it also trains on fewer utterances, like the trimmed runs).
-Each run is skipped when its results exist, so a killed bench resumes where it stopped (and the runs of one
-seed may be spread over several processes or machines, then tabulated together).
+Each run is skipped when its results exist, so a killed bench resumes where it stopped: a training run killed
+midway continues from its last epoch checkpoint, a train_sort round is redone (and the runs of one seed may be
+spread over several processes or machines, then tabulated together).
 
 Columns: test EER and minDCF(0.01) of the best-val checkpoint; for the trimmed runs, the utterances removed,
 the precision and recall of the removed set against the moved one, and "gap closed" = (EER noisy - EER
@@ -30,6 +31,7 @@ import argparse
 import csv
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -39,8 +41,9 @@ from sklearn.metrics import roc_auc_score
 import train
 import train_sort
 from config import build_config, parse_args
-from inference import read_train_list
-from utils import UserError, atomic_write_text, load_checkpoint, run_main
+from evaluation import read_train_list
+from runs import latest_checkpoint, load_checkpoint
+from utils import UserError, atomic_write_text, run_main
 
 log = logging.getLogger("voiceprint")
 
@@ -61,8 +64,10 @@ def results(run: Path) -> dict | None:
 def train_run(root: Path, name: str, flags: list[str]) -> dict:
     run = root / name
     if results(run) is None:
-        log.info("bench_sort: training %s", run)
-        train.main(["--exp-dir", str(root), "--name", name, *flags])
+        # a run killed before its results: resumed (a new run refuses a folder that holds checkpoints)
+        resume = ["--resume"] if latest_checkpoint(run) else []
+        log.info("bench_sort: %s %s", "resuming" if resume else "training", run)
+        train.main(["--exp-dir", str(root), "--name", name, *resume, *flags])
     return results(run)
 
 
@@ -70,6 +75,10 @@ def sort_run(root: Path, source: str, keep: tuple[float, float], flags: list[str
     name = f"{source}-keep{keep[0]:g}-{keep[1]:g}"
     run = root / name / "round1"
     if results(run) is None:
+        partial = run / "checkpoints"
+        if partial.is_dir() and any(partial.iterdir()):  # killed mid-round: train_sort cannot resume a round
+            log.warning("bench_sort: %s holds an unfinished round; its checkpoints are removed and it is redone", run)
+            shutil.rmtree(partial)
         log.info("bench_sort: train_sort %s", run)
         train_sort.main(["--exp-dir", str(root), "--name", name, "--from", str(root / source),
                          "--keep", f"{keep[0]:g}", f"{keep[1]:g}", *flags])
@@ -84,9 +93,10 @@ def oracle_run(root: Path, source: str, flags: list[str]) -> dict:
         kept = [u for u in read_train_list(root / source) if u.key not in moved]
         saved = load_checkpoint(root / source / "checkpoints" / "best.pt")["config"]
         overrides, _ = parse_args(flags, __doc__)
-        cfg = build_config({**overrides, "name": run.name, "resume": False}, base=saved)
-        log.info("bench_sort: oracle %s (%d utterances)", run, len(kept))
-        train.train(cfg, utterances=kept, exp=run, kept="oracle: all moved removed")
+        resume = latest_checkpoint(run) is not None  # killed before its results: resumed
+        cfg = build_config({**overrides, "name": run.name, "resume": resume}, base=saved)
+        log.info("bench_sort: oracle %s (%d utterances)%s", run, len(kept), ", resumed" if resume else "")
+        train.train(cfg, utterances=kept, run=run, kept="oracle: all moved removed")
     return results(run)
 
 

@@ -27,7 +27,7 @@ measurements taken minutes apart on the same machine under the same load. What i
   splits B/A into the allocator's share (across processes) and fused Adam's (same process). Targets for
   ECAPA-TDNN: C/A >= 2.5x, C/B >= 1.6x. Other models (--models) get B and C.
 - extraction: --extract-files random-noise 16-bit wav files of 2-5 s (uniform) through
-  inference.extract_embeddings, file reading and fbank included, ECAPA-TDNN C=512 (random weights: the speed
+  embedding.Embedder.extract, file reading and fbank included, ECAPA-TDNN C=512 (random weights: the speed
   does not depend on them), batches of --eval-batch-size files bucketed by length (--bucket-crop: a batch may
   cut its files to its shortest one's frames, by up to that fraction). Real-time factor = audio seconds per
   wall second, the best of --passes passes after a warm-up, each pass over new files (new lengths create new
@@ -179,24 +179,24 @@ def write_random_audio(folder: Path, count: int, rng: np.random.Generator) -> di
 
 
 def extraction_rtfs(args: argparse.Namespace) -> tuple[dict[str, float], dict[str, float], float, int]:
-    """Real-time factor of inference.extract_embeddings (ECAPA-TDNN C=512) per precision, the best of --passes
+    """Real-time factor of embedding.Embedder.extract (ECAPA-TDNN C=512) per precision, the best of --passes
     passes, each over its own random files (so every pass meets new lengths); the GEMM rates measured around
     the passes; the seconds of audio and the number of files of one pass."""
     import soundfile
 
-    import inference
-    from config import Config
+    from data.features import frontend_from_config
+    from embedding import Embedder, Extraction
 
     configure_malloc()  # as inference.py does
-    cfg = Config(model="ecapa_tdnn")
+    cfg = Config(model="ecapa_tdnn", sample_rate=SAMPLE_RATE)
     model = build_model(cfg.model, n_mels=cfg.n_mels).eval()
-    frontend = inference.build_frontend(cfg)
+    frontend = frontend_from_config(cfg)
+    extraction = Extraction(batch_size=args.eval_batch_size, bucket_crop=args.bucket_crop)
     rng = np.random.default_rng(args.seed)
     rtfs, gemm = {"fp32": 0.0, "bf16": 0.0}, Gemm()
 
-    def extract(files: dict[str, str], precision: str) -> None:
-        inference.extract_embeddings(model, frontend, files, sample_rate=SAMPLE_RATE, device=CPU, precision=precision,
-                                     batch_size=args.eval_batch_size, bucket_crop=args.bucket_crop)
+    def extract(files: dict[str, str], precision: str) -> None:  # no cache: every call extracts
+        Embedder(model, frontend, CPU, precision, extraction).extract(files)
 
     with tempfile.TemporaryDirectory(prefix="bench_speed_") as tmp:
         for precision in rtfs:

@@ -14,7 +14,7 @@ Deviations, on purpose:
     SNR per talker, which makes the SNR of the sum lower than the range says. Here the range is the mix's.
   - reverb: the RIR (unit energy, as in the recipes) is aligned on its direct-path peak, so the speech is not
     delayed by the source-microphone distance (voxceleb_trainer crops the convolution from sample 0).
-Speed perturbation changes the class of a crop, so it lives with the labels: data.dataset.speed_perturb.
+Speed perturbation changes the class of a crop, so it lives with the labels: data.crops.speed_perturb.
 
 rir_dir takes every audio file below it as an impulse response: point it at RIRS_NOISES/simulated_rirs (or
 real_rirs_isotropic_noises' RIR files), not at RIRS_NOISES itself, whose pointsource_noises are not RIRs.
@@ -30,7 +30,8 @@ import numpy as np
 from scipy.signal import fftconvolve
 
 from data.audio import audio_info, load_audio
-from data.dataset import crop_bounds, walk_audio, wrap_pad
+from data.corpus import walk_audio
+from data.crops import crop_bounds, wrap_pad
 from utils import UserError
 
 log = logging.getLogger("voiceprint")

@@ -31,11 +31,15 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from utils import UserError
+
+if TYPE_CHECKING:
+    from config import Config
 
 FLOAT_EPSILON = torch.finfo(torch.float32).eps  # Kaldi's log floor: std::numeric_limits<float>::epsilon()
 INT16_SCALE = 32768.0  # [-1, 1] float -> int16 sample units, as Kaldi reads 16-bit PCM
@@ -354,3 +358,17 @@ class FrontEnd(nn.Module):
         if self.spec_augment is not None and self.training:
             feats = self.spec_augment(feats, generator)
         return feats
+
+
+# --- building from a config ------------------------------------------------------------------------------
+
+def fbank_options_from_config(cfg: Config) -> FbankOptions:
+    return FbankOptions(sample_rate=cfg.sample_rate, frame_length_ms=cfg.frame_length_ms,
+                        frame_shift_ms=cfg.frame_shift_ms, num_mel_bins=cfg.n_mels, window_type=cfg.window_type)
+
+
+def frontend_from_config(cfg: Config) -> FrontEnd:
+    """The one feature path: training, evaluation and train_sort all build their front end here."""
+    spec_augment = (SpecAugment(cfg.freq_masks, cfg.freq_mask_width, cfg.time_masks, cfg.time_mask_width)
+                    if cfg.spec_augment else None)
+    return FrontEnd(fbank_options_from_config(cfg), dither=cfg.dither, cmn=cfg.cmn, spec_augment=spec_augment)

@@ -2,7 +2,7 @@
 
     python -m data.prepare SRC DST [--sample-rate 16000] [--workers N] [--skip-bad]
 
-SRC is either corpus layout (data/dataset.py) holding .wav/.flac/.npy files. DST mirrors it:
+SRC is either corpus layout (data/corpus.py) holding .wav/.flac/.npy files. DST mirrors it:
   - VoxCeleb-style: DST/<speaker>/.../<name>.npy for SRC/<speaker>/.../<name>.<ext>;
   - Kaldi-style: DST/<utt>.npy, with DST/wav.scp (`<utt> <utt>.npy`) and DST/utt2spk.
 Audio is read with data.audio.load_audio, the reader training uses (mono, resampled to --sample-rate), and
@@ -13,7 +13,7 @@ A crop of an .npy file reads only its samples (a memory map), where a .wav crop 
 with libsndfile and a .flac crop for decoding (see bench/bench_data.py for measured numbers).
 
 Resumable: files already in DST are skipped; each file is written to a temporary name and renamed, so a
-killed run leaves no partial .npy behind (only an ignored `.<name>.<pid>.*.tmp` at worst). An unreadable input is a
+killed run leaves no partial .npy behind (only an ignored `.<name>.*.tmp` at worst). An unreadable input is a
 one-line error naming it; with --skip-bad it is logged, left out (and out of the Kaldi tables), and listed in
 DST/bad_files.txt.
 """
@@ -35,8 +35,8 @@ import numpy as np
 
 from config import Config
 from data.audio import AudioError, load_audio
-from data.dataset import Utterance, atomic_write_bytes, scan_corpus
-from utils import UserError, run_main
+from data.corpus import Utterance, scan_corpus
+from utils import UserError, atomic_write_bytes, run_main
 
 log = logging.getLogger("voiceprint")
 

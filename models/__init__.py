@@ -4,11 +4,15 @@ and has an `embed_dim` attribute; none extracts features, computes a loss or pic
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from models.ecapa_tdnn import ecapa_tdnn, ecapa_tdnn_c1024
 from models.resnet import resnet18, resnet34
+
+if TYPE_CHECKING:  # config imports this registry to validate `model`
+    from config import Config
 
 # Each entry takes (*, n_mels, embed_dim, channels); None = the architecture's standard size
 # (embed_dim 192 ECAPA / 256 ResNet; channels = ECAPA's C or the ResNet base width).
@@ -25,3 +29,8 @@ def build_model(name: str, *, n_mels: int, embed_dim: int | None = None, channel
     if name not in MODELS:
         raise ValueError(f"unknown model '{name}'; choose one of: {', '.join(MODELS)}")
     return MODELS[name](n_mels=n_mels, embed_dim=embed_dim, channels=channels)
+
+
+def model_from_config(cfg: Config) -> nn.Module:
+    """The network a config describes (0 for channels or embed_dim = the architecture's standard)."""
+    return build_model(cfg.model, n_mels=cfg.n_mels, embed_dim=cfg.embed_dim or None, channels=cfg.channels or None)

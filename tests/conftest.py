@@ -19,6 +19,19 @@ def tiny_corpus(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def trained_run(tiny_corpus, tmp_path_factory) -> Path:
+    """One epoch of train.py on the tiny corpus; its test list also written in Kaldi's format."""
+    import train
+    from data.trials import read_trials
+
+    run = train.main(tiny_train_args(tiny_corpus, tmp_path_factory.mktemp("exp"), "run", "--epochs", "1"))
+    kaldi = run / "trials_kaldi.txt"
+    kaldi.write_text("".join(f"{t.enroll} {t.test} {'target' if t.label else 'nontarget'}\n"
+                             for t in read_trials(tiny_corpus / "test/trials.txt")))
+    return run
+
+
 def tiny_train_args(corpus: Path, exp_dir: Path, name: str, *extra: str) -> list[str]:
     """A tiny, fast training run on the tiny corpus: small ECAPA-TDNN, 2 workers off, 2 epochs."""
     return ["--demo-corpus", str(corpus), "--train-data", str(corpus / "train/wav"),

@@ -1,4 +1,4 @@
-"""Training-crop transforms and sampling: MUSAN/RIR augmentation, speed perturbation, the balanced sampler."""
+"""Training-crop augmentation: MUSAN noise, music and babble, and RIR reverberation (data/augment.py)."""
 
 from collections import Counter
 
@@ -7,7 +7,6 @@ import pytest
 import soundfile as sf
 
 from data.augment import Augmenter, build_augmenter, reverberate
-from data.dataset import BalancedSampler, TrainDataset, scan_corpus, speakers_of, speed_perturb, speed_speakers
 from utils import UserError
 
 RATE = 16000
@@ -25,17 +24,22 @@ def speech_like(num_samples, seed=0):
     return (rng.normal(0, 0.1, num_samples) * envelope).astype(np.float32)
 
 
-@pytest.fixture
-def musan(tmp_path):
+def write_musan(root):
+    """A tiny MUSAN folder, root/musan: noise (one file shorter than a crop), music, speech."""
     rng = np.random.default_rng(1)
-    write(tmp_path / "musan" / "noise" / "free-sound" / "short.wav", rng.normal(0, 0.3, RATE // 2))  # < a crop
-    write(tmp_path / "musan" / "noise" / "sound-bible" / "long.wav", rng.normal(0, 0.05, 3 * RATE))
+    write(root / "musan" / "noise" / "free-sound" / "short.wav", rng.normal(0, 0.3, RATE // 2))  # < a crop
+    write(root / "musan" / "noise" / "sound-bible" / "long.wav", rng.normal(0, 0.05, 3 * RATE))
     t = np.arange(2 * RATE) / RATE
     chord = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.1 * np.sin(2 * np.pi * 330 * t)
-    write(tmp_path / "musan" / "music" / "m0.wav", chord)
+    write(root / "musan" / "music" / "m0.wav", chord)
     for i in range(4):
-        write(tmp_path / "musan" / "speech" / f"s{i}.wav", speech_like(RATE, seed=10 + i) * (i + 1))
-    return tmp_path / "musan"
+        write(root / "musan" / "speech" / f"s{i}.wav", speech_like(RATE, seed=10 + i) * (i + 1))
+    return root / "musan"
+
+
+@pytest.fixture
+def musan(tmp_path):
+    return write_musan(tmp_path)
 
 
 def synthetic_rir(delay=40, length=3000, seed=0):
@@ -130,74 +134,3 @@ def test_missing_or_empty_folders_are_one_line_errors(tmp_path, musan):
         assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="noise_snr"):
         Augmenter(str(musan), None, RATE, 0.5, noise_snr=(10, 5))
-
-
-# --- speed perturbation ---------------------------------------------------------------------------------
-
-def test_speed_perturb_changes_length_and_pitch():
-    tone = np.sin(2 * np.pi * 440 * np.arange(RATE) / RATE).astype(np.float32)
-    for factor, length in ((1.1, 14546), (0.9, 17778), (1.0, RATE)):
-        out = speed_perturb(tone, factor)
-        peak_hz = np.argmax(np.abs(np.fft.rfft(out))) * RATE / len(out)
-        assert len(out) == length and abs(peak_hz - 440 * factor) < 3
-
-
-def test_speed_perturbed_items_have_exact_length_and_tripled_labels(tmp_path, musan):
-    for s in range(2):
-        write(tmp_path / "c" / f"spk{s}" / "long.wav", speech_like(RATE, seed=s))
-        write(tmp_path / "c" / f"spk{s}" / "short.wav", speech_like(RATE // 5, seed=5 + s))  # shorter than a crop
-    utts = scan_corpus(tmp_path / "c")
-    speakers = speakers_of(utts)
-    assert speed_speakers(speakers) == ["spk0", "spk0_sp0.9", "spk0_sp1.1", "spk1", "spk1_sp0.9", "spk1_sp1.1"]
-    ds = TrainDataset(utts, speakers, 8000, RATE, augment=build_augmenter(str(musan), None, RATE, 0.5),
-                      speed_perturb=True)
-    speeds = Counter()
-    for index in range(len(ds)):
-        for seed in range(12):
-            wave, label = ds[(index, seed)]
-            assert wave.shape == (8000,) and wave.dtype.is_floating_point
-            assert label // 3 == speakers.index(utts[index].speaker)
-            speeds[label % 3] += 1
-    assert set(speeds) == {0, 1, 2}
-    assert all(np.array_equal(ds[(1, s)][0], ds[(1, s)][0]) for s in range(3))  # a pure function of the seed
-
-
-# --- balanced sampler -----------------------------------------------------------------------------------
-
-def test_balanced_batches_hold_n_utterances_of_distinct_speakers():
-    counts = [5, 4, 4, 3, 2, 1, 6, 8, 2, 2]  # 20 groups of 2 -> 5 batches of 4 speakers
-    speaker_of_item = np.repeat(np.arange(len(counts)), counts)
-    sampler = BalancedSampler(speaker_of_item, 8, 2, seed=0)
-    sampler.set_epoch(0)
-    batches = list(sampler)
-    assert len(batches) == len(sampler) == 5
-    for batch in batches:
-        items = np.array([i for i, _ in batch]).reshape(4, 2)
-        speakers = speaker_of_item[items]
-        assert (speakers == speakers[:, :1]).all() and len(set(speakers[:, 0])) == 4
-    seen = Counter(i for b in batches for i, _ in b)
-    assert set(seen) == set(range(len(speaker_of_item)))  # every utterance at least once
-    assert len({s for b in batches for _, s in b}) == 40  # a repeated utterance gets another crop seed
-    sampler.set_epoch(0, start_batch=2)
-    assert list(sampler) == batches[2:]
-    sampler.set_epoch(1)
-    assert list(sampler) != batches
-
-
-def test_balanced_sampler_is_deterministic_and_ranks_are_disjoint():
-    speaker_of_item = np.repeat(np.arange(10), 4)
-    assert list(BalancedSampler(speaker_of_item, 8, 2, seed=3)) == list(BalancedSampler(speaker_of_item, 8, 2, seed=3))
-    assert list(BalancedSampler(speaker_of_item, 8, 2, seed=3)) != list(BalancedSampler(speaker_of_item, 8, 2, seed=4))
-    ranks = [BalancedSampler(speaker_of_item, 8, 2, seed=3, rank=r, world_size=2) for r in range(2)]
-    seen = [[i for b in r for i, _ in b] for r in ranks]
-    assert len(ranks[0]) == 2 and all(len(s) == len(set(s)) == 16 for s in seen) and not set(seen[0]) & set(seen[1])
-
-
-def test_balanced_sampler_caps_a_dominant_speaker_and_checks_its_arguments():
-    speaker_of_item = np.repeat(np.arange(3), [30, 2, 2])
-    batches = list(BalancedSampler(speaker_of_item, 2, 1, seed=0))
-    assert len(batches) == 4 and all(len({speaker_of_item[i] for i, _ in b}) == 2 for b in batches)
-    with pytest.raises(UserError, match="not a multiple"):
-        BalancedSampler(speaker_of_item, 5, 2, seed=0)
-    with pytest.raises(UserError, match="3 training speakers are fewer than the 4"):
-        BalancedSampler(speaker_of_item, 8, 2, seed=0)

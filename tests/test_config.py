@@ -50,3 +50,41 @@ def test_saved_config_round_trips(tmp_path):
     cfg = build_config({"model": "resnet34", "keep": [0, 90], "lr": 0.1})
     save_config(cfg, tmp_path / "config.yaml")
     assert build_config({}, base=yaml.safe_load((tmp_path / "config.yaml").read_text())) == cfg
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    ("train.py", ["--calibrate", "x.txt"], "--calibrate: train.py does not use calibrate (a setting of inference.py)"),
+    ("train.py", ["--keep", "0", "90"], "--keep: train.py does not use keep (a setting of train_sort.py)"),
+    ("train_sort.py", ["--no-resume"], "--no-resume: train_sort.py does not use resume (a setting of train.py)"),
+    ("inference.py", ["--epochs", "3"], "--epochs: inference.py does not use epochs (a setting of train.py, "
+                                        "train_sort.py)"),
+    ("inference.py", ["--lerning-rate", "1"], "unknown flag '--lerning-rate'"),
+])
+def test_a_flag_outside_the_scripts_scope_is_an_error_naming_the_script(script, argv, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config(argv, "test", script)
+    assert str(err.value).startswith(message)
+
+
+def test_a_config_file_key_outside_the_scope_is_an_error(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("lr: 0.01\nscore_norm: [asnorm]\n")
+    assert parse_config(["--config", str(path)], "test", "train.py").lr == 0.01  # train.py scores its test too
+    with pytest.raises(ConfigError, match=r"recipe.yaml: inference.py does not use lr \(a setting of train.py"):
+        parse_config(["--config", str(path)], "test", "inference.py")
+
+
+def test_every_key_belongs_to_a_script_and_model_keys_to_all_three():
+    from config import FIELDS, MODEL_KEYS, SCOPES
+
+    assert set().union(*map(set, SCOPES.values())) == set(FIELDS)
+    assert all(set(MODEL_KEYS) <= set(keys) for keys in SCOPES.values())
+
+
+def test_model_keys_must_match_the_checkpoints():
+    from config import check_model_keys
+
+    saved = Config()
+    check_model_keys({"n_mels": "80", "lr": "1"}, saved, "run")  # the same value, and a non-model key: fine
+    with pytest.raises(ConfigError, match=r"^n_mels: run was trained with 80, not 40;"):
+        check_model_keys({"n_mels": "40"}, saved, "run")

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-import inference
 import train
-from data.dataset import load_index
+from data.corpus import load_index
+from data.features import frontend_from_config
+from embedding import Embedder
+from runs import load_trained
 from tests.conftest import subprocess_env, tiny_train_args
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -30,14 +32,14 @@ def test_training_on_cuda(tiny_corpus, tmp_path, precision):
 
 def test_cuda_embeddings_match_cpu(tiny_corpus, tmp_path):
     exp = train.main(tiny_train_args(tiny_corpus, tmp_path, "run", "--device", "cpu", "--epochs", "1"))
-    trained = inference.load_trained(exp / "checkpoints" / "best.pt")
-    paths = {u.key: u.path for u in load_index(str(tiny_corpus / "test/wav"), 16000)}
-    frontend = inference.build_frontend(trained.cfg)
+    trained = load_trained(exp / "checkpoints" / "best.pt")
+    paths = {u.key: u.path for u in load_index(str(tiny_corpus / "test/wav"), trained.cfg.sample_rate)}
+    frontend = frontend_from_config(trained.cfg)
     emb = {}
     for device in ("cpu", "cuda"):
         model = trained.model.to(device).eval()
-        emb[device] = inference.extract_embeddings(model, frontend.to(device), paths, sample_rate=16000,
-                                                   device=torch.device(device), precision="fp32")
+        embedder = Embedder(model, frontend.to(device), torch.device(device), "fp32")  # no cache: both extract
+        emb[device] = embedder.extract(paths)
     for key in paths:
         a, b = emb["cpu"][key], emb["cuda"][key]
         assert np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b) > 0.999

@@ -60,13 +60,13 @@ def test_aam_falls_back_to_a_linear_penalty_beyond_pi_minus_m():
     head = AAMSoftmaxHead(2, 2, margin=margin, scale=SCALE)
     cosine = torch.tensor([math.cos(3.0), math.cos(2.5)])  # theta = 3.0 > pi - m; theta = 2.5 < pi - m
     expected = torch.tensor([math.cos(3.0) - math.sin(margin) * margin, math.cos(2.5 + margin)])
-    torch.testing.assert_close(head.target_cosine(cosine), expected)
+    torch.testing.assert_close(head.target_cosine(cosine, margin), expected)
 
 
 def test_aam_easy_margin_applies_only_to_positive_cosines():
     head = AAMSoftmaxHead(2, 2, margin=0.2, scale=SCALE, easy_margin=True)
     cosine = torch.tensor([math.cos(0.5), math.cos(2.0)])
-    torch.testing.assert_close(head.target_cosine(cosine), torch.tensor([math.cos(0.7), math.cos(2.0)]))
+    torch.testing.assert_close(head.target_cosine(cosine, 0.2), torch.tensor([math.cos(0.7), math.cos(2.0)]))
 
 
 def test_aam_gradient_is_finite_when_the_embedding_is_its_class_weight():
@@ -98,9 +98,8 @@ def test_subcenter_cosine_is_the_nearest_subcenter():
 @pytest.mark.parametrize("name", list(HEADS))
 def test_every_head_is_float32_under_autocast_and_gives_unit_class_centers(name):
     head = build_head(name, embed_dim=16, num_speakers=10, margin=0.2, scale=SCALE, subcenters=2)
-    head.margin = 0.1  # the schedule's interface, for every head
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, logits = head(torch.randn(4, 16).bfloat16(), torch.tensor([0, 1, 2, 3]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a step's margin (the schedule's), for every head
+        loss, logits = head(torch.randn(4, 16).bfloat16(), torch.tensor([0, 1, 2, 3]), margin=0.1)
     assert loss.dtype == logits.dtype == torch.float32 and loss.ndim == 0 and logits.shape == (4, 10)
     centers = head.class_centers()
     assert centers.shape == (10, 16)
@@ -126,3 +125,14 @@ def test_margin_schedule_with_start_equal_to_end_is_a_step():
     assert schedule(2.9) == 0.0 and schedule(3) == 0.2
     with pytest.raises(ValueError):
         MarginSchedule(0.2, 4, 3)
+
+
+@pytest.mark.parametrize("name", ["am", "aam", "subcenter_aam"])
+def test_margin_passed_to_forward_overrides_the_heads_own_without_changing_it(name):
+    torch.manual_seed(0)
+    emb, labels = torch.randn(4, 16), torch.tensor([0, 1, 2, 3])
+    head = build_head(name, embed_dim=16, num_speakers=10, margin=0.2, scale=SCALE, subcenters=2)
+    same_weights = build_head(name, embed_dim=16, num_speakers=10, margin=0.1, scale=SCALE, subcenters=2)
+    same_weights.load_state_dict(head.state_dict())
+    torch.testing.assert_close(head(emb, labels, margin=0.1)[0], same_weights(emb, labels)[0])
+    assert head.margin == 0.2 and head(emb, labels)[0] > head(emb, labels, margin=0.1)[0]

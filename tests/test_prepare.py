@@ -1,15 +1,15 @@
-"""Corpus conversion to .npy (data/prepare.py) and the cached corpus index (data/dataset.py load_index)."""
+"""Corpus conversion to .npy (data/prepare.py) and the fast .npy reads it is for (data/audio.py)."""
 
 import os
-import time
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-import data.dataset
+import data.crops
 from data.audio import audio_info, load_audio
-from data.dataset import TrainDataset, index_cache_path, load_index, scan_corpus, speakers_of
+from data.corpus import scan_corpus, speakers_of
+from data.crops import TrainDataset
 from data.prepare import main, prepare_corpus
 from utils import UserError
 
@@ -25,13 +25,6 @@ def write_wav_corpus(root, speakers=2, utts=3, seconds=0.3, fmt="wav"):
             samples = int(RATE * seconds) + 100 * u
             sf.write(path, (rng.normal(0, 0.1, samples) * 32767).astype(np.int16), RATE)
     return root
-
-
-def backdate(root, seconds=60):
-    """Age every folder past the index's 2 s racy window, as an untouched corpus would be."""
-    past = time.time() - seconds
-    for folder, _, _ in os.walk(root):
-        os.utime(folder, (past, past))
 
 
 # --- conversion -----------------------------------------------------------------------------------------
@@ -123,8 +116,8 @@ def test_fast_npy_reads_equal_the_audio_reader(tmp_path, monkeypatch):
     def no_audio_module(*args):
         raise AssertionError("data.audio called")
 
-    monkeypatch.setattr(data.dataset, "load_audio", no_audio_module)
-    monkeypatch.setattr(data.dataset, "audio_info", no_audio_module)
+    monkeypatch.setattr(data.crops, "load_audio", no_audio_module)
+    monkeypatch.setattr(data.crops, "audio_info", no_audio_module)
     for name in plain:
         path = str(tmp_path / f"{name}.npy")
         assert audio_info(path, RATE) == 5000
@@ -139,67 +132,3 @@ def test_fast_npy_reads_equal_the_audio_reader(tmp_path, monkeypatch):
             read()
     with pytest.raises(UserError, match="empty audio"):
         load_audio(str(tmp_path / "int16.npy"), RATE, 6000, 7000)
-
-
-# --- index cache ----------------------------------------------------------------------------------------
-
-def test_index_has_lengths_and_second_load_is_cached(tmp_path, monkeypatch):
-    root = write_wav_corpus(tmp_path / "wav")
-    backdate(root)
-    first = load_index(root, RATE)
-    assert [(u.key, u.path, u.speaker) for u in first] == [(u.key, u.path, u.speaker) for u in scan_corpus(root)]
-    assert [u.num_samples for u in first] == [len(sf.read(u.path)[0]) for u in first]
-    assert index_cache_path(root, RATE).is_file() and index_cache_path(root, RATE).parent == root
-
-    def no_header_reads(*args, **kwargs):
-        raise AssertionError("audio_info called")
-
-    monkeypatch.setattr(data.dataset, "audio_info", no_header_reads)
-    assert load_index(root, RATE) == first  # from the cache
-    ds = TrainDataset(first, speakers_of(first), 4000, RATE)
-    assert ds[(0, 1)][0].shape == (4000,)  # the known length spares the header read
-    with pytest.raises(AssertionError, match="audio_info"):
-        load_index(root, RATE, rescan=True)
-
-
-def test_changes_invalidate_the_cache(tmp_path):
-    root = write_wav_corpus(tmp_path / "wav")
-    backdate(root, 120)
-    assert len(load_index(root, RATE)) == 6
-    sf.write(root / "id01" / "v1" / "new.wav", np.ones(500, dtype=np.int16), RATE)
-    backdate(root / "id01" / "v1", 60)  # its folder's new mtime, old enough to be cached
-    utts = load_index(root, RATE)
-    assert len(utts) == 7 and utts[-1].num_samples == 500
-    assert load_index(root, RATE) == utts  # cached again
-    (root / "id02").mkdir()
-    sf.write(root / "id02" / "x.wav", np.ones(300, dtype=np.int16), RATE)
-    backdate(root / "id02", 30)  # a new speaker: only the listing of the root shows it
-    assert [u.speaker for u in load_index(root, RATE)][-1] == "id02"
-
-
-def test_index_of_a_kaldi_folder_and_a_separate_cache_dir(tmp_path, monkeypatch):
-    root = tmp_path / "kaldi"
-    root.mkdir()
-    sf.write(root / "a.wav", np.ones(1000, dtype=np.int16), RATE)
-    np.save(root / "b.npy", np.ones(1500, dtype=np.int16))
-    (root / "wav.scp").write_text("a a.wav\nb b.npy\n")
-    (root / "utt2spk").write_text("a s1\nb s2\n")
-    past = time.time() - 60
-    for name in ("wav.scp", "utt2spk"):
-        os.utime(root / name, (past, past))
-    cache_dir = tmp_path / "cache"
-    utts = load_index(root, RATE, cache_dir=cache_dir)
-    assert [(u.key, u.num_samples) for u in utts] == [("a", 1000), ("b", 1500)]
-    assert len(list(cache_dir.iterdir())) == 1 and not (root / ".voiceprint").exists()
-    monkeypatch.chdir(tmp_path)  # another spelling of the same root finds the same cache
-    assert load_index("kaldi", RATE, cache_dir=cache_dir)[0].path == "kaldi/a.wav"
-    (root / "utt2spk").write_text("a s1\nb s3\n")
-    assert load_index(root, RATE, cache_dir=cache_dir)[1].speaker == "s3"
-
-
-def test_unwritable_root_caches_under_home(tmp_path, monkeypatch):
-    root = write_wav_corpus(tmp_path / "wav", speakers=1, utts=1)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setattr(os, "access", lambda path, mode: False)
-    cache = index_cache_path(root, RATE)
-    assert cache.parent == tmp_path / "xdg" / "voiceprint"

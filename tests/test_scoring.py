@@ -1,170 +1,21 @@
-"""Metrics without the full sort, bootstrap intervals, score normalisation and calibration, each against an
-independent computation."""
+"""Score normalisation, calibration and the report plots, each against an independent computation."""
 
 import math
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_curve
 
-import utils
+from metrics import cllr, min_cllr, operating_points
 from scoring import (
     Scorer,
     bayes_threshold,
-    cllr,
     cohort_stats,
     fit_calibration,
     l2_normalise,
     make_cohort,
-    markdown_table,
-    min_cllr,
     plot_det,
     plot_histograms,
 )
-from tests.test_metrics import brute_force_min_dcf, sklearn_eer
-from utils import (
-    bootstrap_metrics,
-    compute_eer,
-    compute_min_dcf,
-    eer_from_points,
-    min_dcf_from_points,
-    operating_points,
-    relevant_points,
-    verification_metrics,
-)
-
-P_TARGETS = (0.01, 0.05)
-
-
-@pytest.fixture
-def always_binned(monkeypatch):
-    """Send small lists through relevant_points' binned path (normally taken above 65,536 trials)."""
-    monkeypatch.setattr(utils, "SORT_ALL_BELOW", 0)
-    monkeypatch.setattr(utils, "TRIALS_PER_BIN", 2)
-
-
-def score_lists():
-    """Random scores of several kinds: continuous, rounded (ties), piled on one value, with an outlier."""
-    for seed in range(12):
-        rng = np.random.default_rng(seed)
-        n = int(rng.integers(200, 3000))
-        labels = rng.random(n) < rng.uniform(0.02, 0.6)
-        labels[:2] = [True, False]
-        scores = rng.normal(labels * rng.uniform(0, 3), 1.0)
-        if seed % 3 == 1:
-            scores = np.round(scores, int(rng.integers(0, 3)))
-        if seed % 4 == 2:
-            scores[rng.random(n) < 0.2] = 0.5
-        if seed % 5 == 3:
-            scores[0] = 1e4
-        yield scores, labels
-
-
-def test_verification_metrics_equal_the_full_sort(always_binned):
-    for scores, labels in score_lists():
-        points = operating_points(scores, labels)
-        metrics = verification_metrics(scores, labels, P_TARGETS)
-        assert metrics.eer == eer_from_points(points)  # same value and threshold, bit for bit
-        for p in P_TARGETS:
-            assert metrics.min_dcf[p] == min_dcf_from_points(points, p)
-
-
-def test_verification_metrics_match_sklearn_and_brute_force(always_binned):
-    for scores, labels in score_lists():
-        metrics = verification_metrics(scores, labels, P_TARGETS)
-        assert metrics.eer.eer == pytest.approx(sklearn_eer(scores, labels), abs=1e-9)
-        for p in P_TARGETS:
-            assert metrics.min_dcf[p].min_dcf == pytest.approx(brute_force_min_dcf(scores, labels, p), abs=1e-12)
-
-
-def test_relevant_points_are_a_subsequence_with_the_thresholds_the_metrics_read(always_binned):
-    rng = np.random.default_rng(7)
-    labels = rng.random(5000) < 0.3
-    scores = rng.normal(labels * 2.0, 1.0)
-    full, sub = operating_points(scores, labels), relevant_points(scores, labels)
-    assert len(sub.p_miss) < len(full.p_miss) / 2  # the binned path did leave points out
-    pairs = {(m, f): t for m, f, t in zip(full.p_miss, full.p_fa, full.thresholds)}
-    for m, f, t in zip(sub.p_miss, sub.p_fa, sub.thresholds):
-        assert (m, f) in pairs and (np.isnan(t) or t == pairs[(m, f)])
-
-
-@pytest.mark.parametrize("scores, labels, eer", [
-    (np.ones(10), np.r_[np.ones(5), np.zeros(5)], 0.5),  # all equal: one operating point besides +inf
-    (np.array([0.9, 0.1, 0.2, 0.3]), np.array([1, 0, 0, 0]), 0.0),  # a single target
-    (np.array([0.1, 0.9, 0.8]), np.array([1, 0, 0]), 1.0),  # a single target, below everything
-])
-def test_edge_cases_binned_and_direct(scores, labels, eer, monkeypatch):
-    for binned in (False, True):
-        if binned:
-            monkeypatch.setattr(utils, "SORT_ALL_BELOW", 0)
-        metrics = verification_metrics(scores, labels)
-        assert metrics.eer.eer == pytest.approx(eer) == compute_eer(scores, labels).eer
-        for p in P_TARGETS:
-            assert metrics.min_dcf[p].min_dcf == pytest.approx(compute_min_dcf(scores, labels, p).min_dcf)
-
-
-def test_large_list_takes_the_binned_path_and_agrees():
-    rng = np.random.default_rng(3)
-    labels = rng.random(200_000) < 0.1
-    scores = rng.normal(labels * 2.5, 1.0).astype(np.float32)  # float32 scores, as cosine gives
-    metrics = verification_metrics(scores, labels, P_TARGETS)
-    fpr, tpr, _ = roc_curve(labels, scores)
-    assert len(relevant_points(scores, labels).p_miss) < 20_000
-    assert metrics.eer.eer == pytest.approx(sklearn_eer(scores, labels), abs=1e-9)
-    assert metrics.min_dcf[0.01] == compute_min_dcf(scores, labels, 0.01)
-
-
-# --- bootstrap ---------------------------------------------------------------------------------------------
-
-def test_bootstrap_replicates_are_weighted_resamples_of_the_trials():
-    """The vectorised replicates equal EER / minDCF recomputed on explicitly resampled trial lists, built from
-    the same draws (index i = the i-th target, or non-target, in decreasing score order)."""
-    rng = np.random.default_rng(0)
-    labels = rng.random(300) < 0.4
-    scores = np.round(rng.normal(labels * 1.5, 1.0), 1)  # ties
-    ci = bootstrap_metrics(scores, labels, P_TARGETS, rounds=40, seed=5)
-    draw = np.random.default_rng(5)
-    tar = np.sort(scores[labels])[::-1]
-    non = np.sort(scores[~labels])[::-1]
-    tar_idx = draw.integers(0, len(tar), size=(40, len(tar)))
-    non_idx = draw.integers(0, len(non), size=(40, len(non)))
-    eers, dcfs = [], {p: [] for p in P_TARGETS}
-    for t, n in zip(tar_idx, non_idx):
-        s = np.r_[tar[t], non[n]]
-        y = np.r_[np.ones(len(t)), np.zeros(len(n))]
-        eers.append(compute_eer(s, y).eer)
-        for p in P_TARGETS:
-            dcfs[p].append(compute_min_dcf(s, y, p).min_dcf)
-    assert ci.eer == pytest.approx(tuple(np.quantile(eers, [0.025, 0.975])), abs=1e-12)
-    for p in P_TARGETS:
-        assert ci.min_dcf[p] == pytest.approx(tuple(np.quantile(dcfs[p], [0.025, 0.975])), abs=1e-6)  # float32
-
-
-def test_bootstrap_interval_contains_the_estimate_shrinks_and_is_seeded():
-    rng = np.random.default_rng(1)
-    widths = []
-    for n in (500, 8000):
-        labels = rng.random(n) < 0.5
-        scores = rng.normal(labels * 2.0, 1.0)
-        point = verification_metrics(scores, labels, P_TARGETS)
-        ci = bootstrap_metrics(scores, labels, P_TARGETS, rounds=200, seed=0)
-        assert ci.eer[0] <= point.eer.eer <= ci.eer[1]
-        for p in P_TARGETS:
-            assert ci.min_dcf[p][0] <= point.min_dcf[p].min_dcf <= ci.min_dcf[p][1]
-        widths.append(ci.eer[1] - ci.eer[0])
-        assert bootstrap_metrics(scores, labels, P_TARGETS, rounds=200, seed=0) == ci
-        assert bootstrap_metrics(scores, labels, P_TARGETS, rounds=200, seed=1) != ci
-    assert widths[1] < widths[0] / 2  # 16x the trials: about a quarter of the width
-
-
-def test_bootstrap_edge_cases():
-    ci = bootstrap_metrics(np.ones(10), np.r_[np.ones(5), np.zeros(5)], rounds=20)
-    assert ci.eer == (0.5, 0.5) and ci.min_dcf[0.01] == (1.0, 1.0)  # all equal: nothing to resample
-    ci = bootstrap_metrics(np.array([0.9, 0.1, 0.2, 0.3]), np.array([1, 0, 0, 0]), rounds=20)
-    assert ci.eer == (0.0, 0.0)  # a single target above everything stays above in every replicate
-    with pytest.raises(ValueError):
-        bootstrap_metrics(np.ones(3), np.ones(3))
-
 
 # --- normalisation -------------------------------------------------------------------------------------
 
@@ -246,23 +97,16 @@ def test_calibration_of_shifted_scaled_scores_is_monotone_and_lowers_cllr():
     assert min_cllr(raw, labels) == pytest.approx(min_cllr(scores, labels))  # invariant to monotone maps
 
 
-def test_cllr_and_min_cllr_reference_values():
-    labels = np.array([1, 1, 0, 0, 0])
-    assert cllr(np.zeros(5), labels) == pytest.approx(1.0)  # llr 0 says nothing: 1 bit
-    assert cllr(np.array([1.0, 2.0, -1.0, -3.0, 0.0]), labels) == pytest.approx(
-        (np.mean(np.log2(1 + np.exp(-np.array([1.0, 2.0])))) + np.mean(np.log2(1 + np.exp([-1.0, -3.0, 0.0])))) / 2)
-    assert min_cllr(np.array([5.0, 4.0, 1.0, 0.0, -1.0]), labels) == 0.0  # separable
-    assert min_cllr(np.ones(5), labels) == pytest.approx(1.0)  # all equal: the prior, nothing more
+def test_bayes_threshold():
     assert bayes_threshold(0.01) == pytest.approx(math.log(99))
 
 
 # --- report pieces -------------------------------------------------------------------------------------
 
-def test_plots_and_table(tmp_path):
+def test_plots(tmp_path):
     scores, labels = gaussian_llr_scores(2000, np.random.default_rng(2))
     plot_det([("a", operating_points(scores, labels)), ("b", operating_points(scores / 2, labels))],
              tmp_path / "det.png")
     plot_histograms([("a", scores, labels)], tmp_path / "hist.png")
     for name in ("det.png", "hist.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert markdown_table(["x", "y"], [{"x": 1, "y": "b"}]) == "| x | y |\n|---|---|\n| 1 | b |\n"

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from data.dataset import read_trials
 from data.synth import (
     SAMPLE_RATE,
     CorpusSpec,
@@ -21,6 +20,7 @@ from data.synth import (
     speaker_plan,
     synthesize,
 )
+from data.trials import read_trials
 from tests.conftest import TINY_SPEC
 
 # 4 / 2 / 3 speakers of 1-1.5 s: about 1.5 s to generate on one core

@@ -1,0 +1,271 @@
+"""Files to embeddings: the extraction policy, its batching, and the per-checkpoint embedding cache.
+
+Full length by default: each file whole (at least MIN_EVAL_FRAMES, short files wrap-padded), batched with
+files of the same frame count -- longest first, so a batch is a run of equal lengths. Cutting a wave to the
+samples its frames cover changes nothing (the fbank frames and their CMN are those of the whole file), so these
+batches give each file's embedding exactly as if it were alone (up to float rounding in batched kernels).
+With bucket_crop c > 0 a batch also takes files up to a fraction c longer than its shortest, each cut to the
+shortest one's frames (a centred window): faster on corpora of varied lengths, but no longer full length -- the
+reports record it; bench/bench_eval.py measures the speed and the EER difference. With crops K > 0: the mean
+of the L2-normalised embeddings of K crops of crop_frames frames, evenly spaced from the file's start to its
+end (K = 1: the centred crop; a file shorter than a crop: one crop, wrap-padded), re-normalised.
+
+The cache: <run>/embeddings/<checkpoint stem>-<hash>.npz, keyed by (utterance key, file path); the hash covers
+the checkpoint's sha1 and every setting an embedding depends on, so a file is embedded once per checkpoint and
+settings, however many lists, normalisations or runs use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from config import Config
+from data.audio import audio_info, load_audio
+from data.crops import wrap_pad
+from data.features import FbankOptions, FrontEnd, num_frames_for_samples, num_samples_for_frames
+from scoring import l2_normalise
+from utils import atomic_path, atomic_write_text, autocast
+
+log = logging.getLogger("voiceprint")
+
+MIN_EVAL_FRAMES = 50  # shorter files are wrap-padded to 0.5 s so every network sees a usable input
+CACHE_VERSION = 1  # bump when what an embedding means changes without a settings change
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """How a file becomes one embedding (module docstring). With the checkpoint, `settings()` names the cache."""
+    crops: int = 0  # K evenly spaced crops, their embeddings averaged; 0 = full length
+    crop_frames: int = 300  # frames per crop
+    max_frames: int = 0  # full length (or the span the crops come from): the first max_frames; 0 = all
+    bucket_crop: float = 0.0  # full length: fraction of a file's frames a batch may cut; 0 = exact
+    batch_size: int = 32  # files (full length) or crops per forward pass; changes speed, not embeddings
+
+    def settings(self) -> dict[str, object]:
+        """What the embeddings depend on (not the batch size: equal frame counts batch exactly)."""
+        if self.crops:
+            return {"crops": self.crops, "crop_frames": self.crop_frames, "max_frames": self.max_frames}
+        return {"crops": 0, "max_frames": self.max_frames, "bucket_crop": self.bucket_crop}
+
+    def describe(self) -> str:
+        span = f" of the first {self.max_frames} frames" if self.max_frames else ""
+        if self.crops:
+            return f"mean of {self.crops} evenly spaced crops of {self.crop_frames} frames{span}"
+        cut = (f"batched with files up to {100 * self.bucket_crop:g}% longer, cut (centred) to the shortest"
+               if self.bucket_crop else "batched by equal frame count (exact)")
+        return f"full length{span}, {cut}"
+
+
+def extraction_from_config(cfg: Config) -> Extraction:
+    return Extraction(cfg.eval_crops, cfg.eval_crop_frames, cfg.max_eval_frames, cfg.eval_bucket_crop,
+                      cfg.eval_batch_size)
+
+
+@dataclass
+class Embedder:
+    """A model and its front end on a device, with an extraction policy; with `cache_dir`, every embedding
+    goes through the cache (module docstring). A file rewritten under the same path keeps its old embedding:
+    delete the cache after editing audio in place."""
+    model: nn.Module
+    frontend: FrontEnd
+    device: torch.device
+    precision: str
+    extraction: Extraction = Extraction()
+    cache_dir: Path | None = None
+    checkpoint_name: str = "model"  # the checkpoint's stem, first part of the cache file name
+    checkpoint_sha1: str = ""
+
+    @property
+    def opts(self) -> FbankOptions:
+        return self.frontend.opts
+
+    @property
+    def sample_rate(self) -> int:
+        return self.frontend.opts.sample_rate
+
+    def settings(self) -> dict[str, object]:
+        return {"version": CACHE_VERSION, "checkpoint_sha1": self.checkpoint_sha1,
+                "extraction": self.extraction.settings(), "fbank": dataclasses.asdict(self.opts),
+                "cmn": self.frontend.cmn, "min_eval_frames": MIN_EVAL_FRAMES, "precision": self.precision}
+
+    def settings_hash(self) -> str:
+        return hashlib.sha1(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def cache_path(self) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / f"{self.checkpoint_name}-{self.settings_hash()}.npz"
+
+    def with_max_frames(self, max_frames: int) -> Embedder:
+        return dataclasses.replace(self, extraction=dataclasses.replace(self.extraction, max_frames=max_frames))
+
+    def embed(self, paths: dict[str, str], lengths: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+        """key -> embedding of each file, from the cache or extracted (`lengths`: see `extract`)."""
+        cached = read_embedding_cache(self.cache_path) if self.cache_path else {}
+        found = {k: cached[(k, p)] for k, p in paths.items() if (k, p) in cached}
+        todo = {k: p for k, p in paths.items() if k not in found}
+        if self.cache_path:
+            log.info("embeddings: %d of %d files from %s, %d to embed", len(found), len(paths), self.cache_path,
+                     len(todo))
+        new = self.extract(todo, lengths) if todo else {}
+        if self.cache_path and new:
+            write_embedding_cache(self.cache_path, {(k, todo[k]): e for k, e in new.items()}, self.settings())
+        return {k: found[k] if k in found else new[k] for k in paths}
+
+    @torch.no_grad()
+    def extract(self, paths: dict[str, str], lengths: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+        """L2-normalised (D,) embedding of every file, batched as the module docstring says, no cache.
+        `lengths` (samples at sample_rate, e.g. Utterance.num_samples of a corpus index) saves the header reads
+        that plan the batches."""
+        self.model.eval()
+        self.frontend.eval()
+        known = lengths or {}
+        lengths = {k: known.get(k) or audio_info(p, self.sample_rate) for k, p in paths.items()}  # bad file: here
+        crops = self.extraction.crops > 0
+        embeddings: dict[str, np.ndarray] = {}
+        with tqdm(total=len(paths), unit="file", desc="embedding", disable=None, leave=False) as bar:
+            for keys in (self.crop_batches(lengths) if crops else self.full_length_batches(lengths)):
+                embeddings.update(self.embed_crops(keys, paths) if crops else self.embed_full_length(keys, paths))
+                bar.update(len(keys))
+        return {k: embeddings[k] for k in paths}
+
+    @torch.no_grad()
+    def forward(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+        """(B,) equal-length waves -> (B, D) L2-normalised embeddings."""
+        x = torch.from_numpy(np.stack(waves)).to(self.device)  # (B, N)
+        feats = self.frontend(x)  # (B, T, F)
+        with autocast(self.device, self.precision):
+            emb = self.model(feats)  # (B, D)
+        return F.normalize(emb.float(), dim=-1).cpu().numpy()
+
+    def span(self, length: int) -> int:
+        """Samples of a file of `length` samples that are embedded (before wrap padding)."""
+        max_frames = self.extraction.max_frames
+        return min(length, num_samples_for_frames(max_frames, self.opts)) if max_frames else length
+
+    def load(self, path: str) -> np.ndarray:
+        max_frames = self.extraction.max_frames
+        stop = num_samples_for_frames(max_frames, self.opts) if max_frames else None
+        return load_audio(path, self.sample_rate, 0, stop)
+
+    # full length
+
+    def frames(self, num_samples: int) -> int:
+        min_samples = num_samples_for_frames(MIN_EVAL_FRAMES, self.opts)
+        return num_frames_for_samples(max(num_samples, min_samples), self.opts)
+
+    def full_length_batches(self, lengths: dict[str, int]) -> list[list[str]]:
+        """Files longest first; a batch takes the next file while it is at least (1 - bucket_crop) times its
+        first (longest) file's frame count and fewer than batch_size files are in it."""
+        frames = {k: self.frames(self.span(n)) for k, n in lengths.items()}
+        batches: list[list[str]] = []
+        for key in sorted(frames, key=lambda k: (-frames[k], k)):
+            if (batches and len(batches[-1]) < self.extraction.batch_size
+                    and frames[key] >= frames[batches[-1][0]] * (1.0 - self.extraction.bucket_crop)):
+                batches[-1].append(key)
+            else:
+                batches.append([key])
+        return batches
+
+    def embed_full_length(self, keys: Sequence[str], paths: dict[str, str]) -> dict[str, np.ndarray]:
+        min_samples = num_samples_for_frames(MIN_EVAL_FRAMES, self.opts)
+        waves = [self.load(paths[k]) for k in keys]
+        waves = [wrap_pad(w, min_samples) if len(w) < min_samples else w for w in waves]
+        frames = np.array([num_frames_for_samples(len(w), self.opts) for w in waves])
+        # a header length can differ from the decoded one by a sample (resampled files): group by the decoded
+        groups = [np.arange(len(keys))] if self.extraction.bucket_crop else [
+            np.flatnonzero(frames == t) for t in np.unique(frames)]
+        out = {}
+        for group in groups:
+            shortest = int(frames[group].min())
+            cut = [self.centred(waves[i], int(frames[i]), shortest) for i in group]
+            out.update(zip([keys[i] for i in group], self.forward(cut)))
+        return out
+
+    def centred(self, wave: np.ndarray, frames: int, target: int) -> np.ndarray:
+        """The samples of `target` frames centred in the wave's `frames` frames (all of them when equal)."""
+        start = (frames - target) // 2 * self.opts.frame_shift
+        return wave[start:start + num_samples_for_frames(target, self.opts)]
+
+    # crops
+
+    def crop_batches(self, lengths: dict[str, int]) -> list[list[str]]:
+        """Files in order, as many per batch as fill batch_size crops (at least one file)."""
+        per_file = max(1, self.extraction.batch_size // self.extraction.crops)
+        keys = list(lengths)
+        return [keys[i:i + per_file] for i in range(0, len(keys), per_file)]
+
+    def crop_starts(self, length: int) -> list[int]:
+        window = num_samples_for_frames(self.extraction.crop_frames, self.opts)
+        if length <= window:
+            return [0]
+        if self.extraction.crops == 1:
+            return [(length - window) // 2]
+        return [int(s) for s in np.linspace(0, length - window, self.extraction.crops).round()]
+
+    def embed_crops(self, keys: Sequence[str], paths: dict[str, str]) -> dict[str, np.ndarray]:
+        window = num_samples_for_frames(self.extraction.crop_frames, self.opts)
+        crops, owners = [], []
+        for i, key in enumerate(keys):
+            wave = self.load(paths[key])
+            for start in self.crop_starts(len(wave)):
+                crops.append(wrap_pad(wave[start:start + window], window))
+                owners.append(i)
+        emb = self.forward(crops)  # (crops, D)
+        owners = np.array(owners)
+        return {key: l2_normalise(emb[owners == i].mean(axis=0)) for i, key in enumerate(keys)}
+
+
+# --- the embedding cache -------------------------------------------------------------------------------
+
+def file_sha1(path: str | Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_embedding_cache(path: Path) -> dict[tuple[str, str], np.ndarray]:
+    """(key, path) -> embedding; {} when the file is absent or unreadable (it is then rebuilt)."""
+    if not path.is_file():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            keys, files, matrix = data["keys"], data["paths"], data["embeddings"]
+    except (OSError, ValueError, KeyError) as err:
+        log.warning("%s: unreadable embedding cache (%s); re-embedding", path, err)
+        return {}
+    return {(str(k), str(p)): row for k, p, row in zip(keys, files, matrix)}
+
+
+def write_embedding_cache(path: Path, new: dict[tuple[str, str], np.ndarray], settings: dict) -> None:
+    """Add entries to the cache file, atomically (a concurrent writer's additions may be lost, never torn)."""
+    entries = {**read_embedding_cache(path), **new}
+    items = sorted(entries.items())
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, keys=np.array([k for (k, _), _ in items]), paths=np.array([p for (_, p), _ in items]),
+                 embeddings=np.stack([e for _, e in items]).astype(np.float32),
+                 settings=np.array(json.dumps(settings, sort_keys=True)))
+
+
+def save_embeddings(embeddings: dict[str, np.ndarray], paths: dict[str, str], folder: Path) -> None:
+    """folder/embeddings.npy (N, D) float32 and folder/embeddings.txt, line i = `<key> <path>` of row i."""
+    keys = sorted(embeddings)
+    with atomic_path(folder / "embeddings.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, np.stack([embeddings[k] for k in keys]).astype(np.float32))
+    atomic_write_text(folder / "embeddings.txt", "".join(f"{k} {paths[k]}\n" for k in keys))
+    log.info("embeddings of %d files written to %s/embeddings.npy (+ .txt index)", len(keys), folder)

@@ -1,0 +1,170 @@
+"""Run folders and checkpoints: where a run lives, how its checkpoints are saved, found and loaded.
+
+A run folder exp_dir/<name>/ holds config.yaml, train_list.jsonl, log.csv, results.json and
+checkpoints/epoch_NNNN.pt (the last `keep_checkpoints` kept) and checkpoints/best.pt. A checkpoint is a dict
+of plain data (weights, optimizer state, config, speaker list, log, RNG states): it is loaded with
+`torch.load(..., weights_only=True)`, never unpickled as code.
+
+Every checkpoint carries `schema`, the version of its layout. `load_checkpoint` upgrades an older layout in
+memory (MIGRATIONS, one step per version) and refuses a newer one, so renaming a config key or a state entry
+is one migration, not every old checkpoint made unloadable.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from config import Config, build_config
+from loss import head_from_config
+from models import model_from_config
+from utils import UserError, atomic_path, atomic_torch_save
+
+SCHEMA = 2  # the checkpoint layout this code writes
+
+
+def _from_schema_1(state: dict) -> dict:
+    """Schema 1 (no `schema` entry; written before 2026-11-29) lacks `best_epoch`, the epoch best.pt holds:
+    the log's epoch of lowest validation EER (its first, as training kept the first of equal ones), or the
+    last epoch when the run had no validation."""
+    rows = state.get("log", [])
+    scored = [(float(r["val_eer"]), int(r["epoch"])) for r in rows if r.get("val_eer")]
+    best = min(scored, key=lambda x: x[0])[1] if scored else int(state.get("epoch", 0))
+    return {**state, "best_epoch": best}
+
+
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _from_schema_1}  # version -> its upgrade to version + 1
+
+
+def migrate(state: dict, source: Path) -> dict:
+    version = int(state.get("schema", 1))
+    if version > SCHEMA:
+        raise UserError(f"{source}: checkpoint schema {version} was written by a newer voiceprint (this one reads "
+                        f"up to {SCHEMA}); update the code")
+    while version < SCHEMA:
+        state = {**MIGRATIONS[version](state), "schema": version + 1}
+        version += 1
+    return state
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint as data (weights_only=True), upgraded to the current schema."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: say which, not where in torch it broke
+        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
+    if not isinstance(state, dict) or not {"model", "config", "speakers"} <= set(state):
+        raise UserError(f"{path}: not a voiceprint checkpoint (no model, config and speaker list)")
+    return migrate(state, path)
+
+
+def save_checkpoint(run: Path, state: dict, keep: int, is_best: bool) -> Path:
+    """checkpoints/epoch_NNNN.pt (atomically), a copy as best.pt when `is_best` (atomically too), then all
+    but the newest `keep` epoch files removed (0 = keep all). Returns the epoch file."""
+    folder = run / "checkpoints"
+    path = folder / f"epoch_{state['epoch']:04d}.pt"
+    atomic_torch_save({**state, "schema": SCHEMA}, path)
+    if is_best:
+        with atomic_path(folder / "best.pt") as tmp:
+            shutil.copyfile(path, tmp)
+    if keep > 0:
+        for old in epoch_checkpoints(run)[:-keep]:
+            old.unlink()
+    return path
+
+
+# --- finding runs and checkpoints -------------------------------------------------------------------------
+
+def new_run_dir(cfg: Config) -> Path:
+    """exp_dir/<name>, or exp_dir/<model>-<date>-<time> when no name is given."""
+    return Path(cfg.exp_dir) / (cfg.name or f"{cfg.model}-{datetime.now():%Y%m%d-%H%M%S}")
+
+
+def epoch_checkpoints(run: Path) -> list[Path]:
+    return sorted((run / "checkpoints").glob("epoch_*.pt"))
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    epochs = epoch_checkpoints(run)
+    return epochs[-1] if epochs else None
+
+
+def newest_run(exp_root: str | Path, pattern: str) -> Path | None:
+    """The run under exp_root whose newest file matching <run>/checkpoints/<pattern> is the most recent."""
+    runs = {p.parent.parent for p in Path(exp_root).glob(f"*/checkpoints/{pattern}")}
+    if not runs:
+        return None
+    return max(runs, key=lambda run: max(p.stat().st_mtime for p in (run / "checkpoints").glob(pattern)))
+
+
+def find_resumable(exp_root: str | Path, name: str) -> Path:
+    """The run named `name`, or the newest run with an epoch checkpoint."""
+    if name:
+        run = Path(exp_root) / name
+        if latest_checkpoint(run) is None:
+            raise UserError(f"{run}: no checkpoint to resume from")
+        return run
+    run = newest_run(exp_root, "epoch_*.pt")
+    if run is None:
+        raise UserError(f"--resume: no run with a checkpoint under {exp_root}/")
+    return run
+
+
+def find_checkpoint(spec: str, exp_root: str | Path) -> Path:
+    """A checkpoint file, a run folder (its best.pt, else its newest epoch), or '' = the newest run under
+    exp_root."""
+    if spec and Path(spec).is_file():
+        return Path(spec)
+    if spec and not Path(spec).is_dir():
+        raise UserError(f"{spec}: no such checkpoint file or experiment folder")
+    run = Path(spec) if spec else newest_run(exp_root, "*.pt")
+    if run is None:
+        raise UserError(f"no trained experiment under {exp_root}/; run python train.py first")
+    best = run / "checkpoints" / "best.pt"
+    found = best if best.is_file() else latest_checkpoint(run)
+    if found is None:
+        raise UserError(f"{run}: no checkpoints in {run / 'checkpoints'}")
+    return found
+
+
+def run_dir(checkpoint: Path) -> Path:
+    """The run folder of a checkpoint: <run> for <run>/checkpoints/x.pt, else the file's folder."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
+# --- a trained model -------------------------------------------------------------------------------------
+
+@dataclass
+class Trained:
+    """Everything a checkpoint rebuilds."""
+    cfg: Config
+    model: nn.Module
+    head: nn.Module
+    speakers: list[str]
+    path: Path
+    epoch: int
+
+
+def load_trained(path: str | Path) -> Trained:
+    """The model and head of a checkpoint (eval mode, CPU), rebuilt from its own config and speaker list."""
+    state = load_checkpoint(path)
+    cfg = build_config({}, base=state["config"])
+    model = model_from_config(cfg)
+    head = head_from_config(cfg, model.embed_dim, len(state["speakers"]))
+    try:
+        model.load_state_dict(state["model"])
+        head.load_state_dict(state["head"])
+    except RuntimeError as err:
+        raise UserError(f"{path}: weights do not fit the {cfg.model} its config describes "
+                        f"({str(err).splitlines()[0]})") from None
+    return Trained(cfg, model.eval(), head.eval(), list(state["speakers"]), Path(path), int(state["epoch"]))

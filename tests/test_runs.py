@@ -1,0 +1,62 @@
+"""Run folders and checkpoints: the schema and its migration, finding checkpoints, never overwriting a run."""
+
+import pytest
+import torch
+
+import train
+from runs import SCHEMA, find_checkpoint, load_checkpoint, load_trained, migrate, run_dir
+from tests.conftest import tiny_train_args
+from utils import UserError
+
+
+def schema_1(state: dict) -> dict:
+    """A checkpoint as voiceprint wrote it before schemas: no `schema`, no `best_epoch`."""
+    return {k: v for k, v in state.items() if k not in ("schema", "best_epoch")}
+
+
+def test_a_schema_1_checkpoint_loads_and_gains_its_best_epoch(trained_run, tmp_path):
+    state = torch.load(trained_run / "checkpoints/epoch_0001.pt", weights_only=True)
+    assert state["schema"] == SCHEMA and state["best_epoch"] == 1
+    old = schema_1(state)
+    old["log"] = [{**old["log"][0], "val_eer": "0.3"}, {**old["log"][0], "epoch": 2, "val_eer": "0.2"},
+                  {**old["log"][0], "epoch": 3, "val_eer": "0.2"}]
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(old, tmp_path / "checkpoints" / "epoch_0001.pt")
+    loaded = load_checkpoint(tmp_path / "checkpoints" / "epoch_0001.pt")
+    assert loaded["schema"] == SCHEMA and loaded["best_epoch"] == 2  # the first of the lowest val EERs
+    assert migrate({**schema_1(state), "log": [{"epoch": 4, "val_eer": ""}], "epoch": 4}, tmp_path)["best_epoch"] == 4
+    trained = load_trained(tmp_path / "checkpoints" / "epoch_0001.pt")
+    assert trained.epoch == 1 and trained.cfg.channels == 16
+
+
+def test_newer_schema_and_foreign_files_are_one_line_errors(trained_run, tmp_path):
+    state = torch.load(trained_run / "checkpoints/epoch_0001.pt", weights_only=True)
+    torch.save({**state, "schema": SCHEMA + 1}, tmp_path / "new.pt")
+    with pytest.raises(UserError, match=rf"new.pt: checkpoint schema {SCHEMA + 1} was written by a newer"):
+        load_checkpoint(tmp_path / "new.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(UserError, match="foreign.pt: not a voiceprint checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    (tmp_path / "torn.pt").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(UserError, match=r"torn.pt: not a readable checkpoint"):
+        load_checkpoint(tmp_path / "torn.pt")
+
+
+def test_find_checkpoint_prefers_best_then_newest_epoch(trained_run, tmp_path):
+    assert find_checkpoint(str(trained_run), "unused") == trained_run / "checkpoints/best.pt"
+    assert find_checkpoint("", trained_run.parent) == trained_run / "checkpoints/best.pt"
+    assert run_dir(trained_run / "checkpoints/best.pt") == trained_run
+    with pytest.raises(UserError, match="no trained experiment under"):
+        find_checkpoint("", tmp_path)
+    with pytest.raises(UserError, match="nope: no such checkpoint file or experiment folder"):
+        find_checkpoint(str(tmp_path / "nope"), tmp_path)
+
+
+def test_a_new_run_never_overwrites_an_earlier_one(tiny_corpus, tmp_path):
+    args = tiny_train_args(tiny_corpus, tmp_path, "run", "--epochs", "1", "--test-trials", "--val-trials", "")
+    train.main(args)
+    before = (tmp_path / "run/checkpoints/epoch_0001.pt").read_bytes()
+    with pytest.raises(UserError, match=r"run: holds an earlier run \(checkpoints\); pass --resume"):
+        train.main([*args, "--lr", "0.1"])
+    assert (tmp_path / "run/checkpoints/epoch_0001.pt").read_bytes() == before
+    assert "lr: 0.1" not in (tmp_path / "run/config.yaml").read_text()
