@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from utils import UserError
+from utils import UserError, read_text
 
 
 class ConfigError(UserError):
@@ -43,7 +44,13 @@ class Config:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; fp16 on CUDA only, with a grad scaler)
     threads: int = 0  # torch intra-op CPU threads; 0 = torch's default (all cores)
     resume: bool = False  # continue the newest run (or the run named by --name) from its latest checkpoint
-    keep_checkpoints: int = 3  # epoch checkpoints kept besides best.pt; 0 = keep all
+    tensorboard: bool = False  # also write each epoch's scalars to <run>/tensorboard/ (pip install tensorboard);
+    # <run>/curves.png is drawn either way (curves.py)
+    keep_checkpoints: int = 3  # epoch checkpoints kept besides best.pt (and the newest mid-epoch one until its
+    # epoch ends); 0 = keep all, mid-epoch ones too
+    checkpoint_every: int = 0  # also checkpoint every N optimizer steps within an epoch (resumable); 0 = off
+    dist_timeout_min: float = 30.0  # torchrun: minutes a rank waits in a collective for the others (rank 0's
+    # corpus scan, checkpoint writes) before the job fails
 
     # --- data -------------------------------------------------------------------------------------------
     # A data path is a VoxCeleb-style folder (<speaker>/.../<utt>.wav|.flac|.npy) or a Kaldi-style folder
@@ -89,6 +96,8 @@ class Config:
     model: str = "ecapa_tdnn"  # a key of models.MODELS
     channels: int = 0  # ECAPA-TDNN C or ResNet base width; 0 = the architecture's standard (512 / 32)
     embed_dim: int = 0  # embedding size; 0 = the architecture's standard (192 ECAPA, 256 ResNet)
+    stats_variance: str = "population"  # the statistics pooling's variance over T: population (/ T, floored)
+    # or unbiased (/ (T - 1), + 1e-7 under the sqrt: wespeaker's; a model converted from it, models/wespeaker.py)
     loss: str = "aam"  # a key of loss.HEADS: softmax | am | aam | subcenter_aam
     margin: float = 0.2  # AM: additive cosine margin; AAM: additive angular margin, radians
     scale: float = 30.0  # logit scale s of the margin heads
@@ -104,13 +113,24 @@ class Config:
     warmup_epochs: float = 0.0  # linear lr warm-up from 0, in epochs (fractions allowed)
     momentum: float = 0.9  # SGD only
     weight_decay: float = 2e-5  # L2 on all weights (Adam: coupled, as in the recipe)
-    batch_size: int = 64  # utterances per step (per process under DDP)
+    batch_size: int = 64  # utterances per batch (per process under DDP)
+    accumulate: int = 1  # batches whose gradients are summed per optimizer step: the effective batch is
+    # batch_size x accumulate x processes (the recipe's lr is for 64; train.py warns when it differs)
     epochs: int = 6  # training epochs (demo corpus: ~8 min on 2 CPU cores, val EER flat after 6; VoxCeleb: 80+)
     grad_clip: float = 0.0  # max global gradient norm; 0 = no clipping
+
+    # --- starting from a trained model, ending with an average (train.py) -----------------------------------
+    init_from: str = ""  # checkpoint file or run folder (its best.pt) to start from: its encoder, and its head
+    # when trained on the same speakers (else a fresh one); the model keys come from it; "" = random init
+    average_last: int = 0  # after training: the weight average of the last N epoch checkpoints, written as
+    # checkpoints/avg_last_N.pt and given the final test instead of best.pt; needs keep_checkpoints 0 or >= N
 
     # --- evaluation -------------------------------------------------------------------------------------
     # inference.py; the metrics are defined in utils.py, normalisation and calibration in scoring.py.
     checkpoint: str = ""  # inference: checkpoint file or experiment folder; "" = the newest experiment
+    runtime: str = "torch"  # inference: torch (the checkpoint) | onnx (onnxruntime on the file export.py wrote,
+    # float32; deploy.py)
+    onnx_file: str = ""  # --runtime onnx: the exported file; "" = beside the checkpoint (<checkpoint stem>.onnx)
     eval_batch_size: int = 32  # files (crops, with eval_crops) per embedding batch at inference
     max_eval_frames: int = 0  # cap on frames per utterance when embedding (memory); 0 = full length
     eval_crops: int = 0  # K: embed the mean of K evenly spaced crops of each file; 0 = the full length
@@ -123,8 +143,13 @@ class Config:
     cohort_top_n: int = 300  # AS-norm: the N most similar cohort speakers (of each trial side) it averages over
     cohort_utts_per_speaker: int = 3  # training utterances embedded per cohort speaker (seeded choice, cached)
     bootstrap: int = 1000  # bootstrap rounds of the 95% confidence intervals of EER and minDCF; 0 = none
+    bootstrap_unit: str = "speaker"  # speaker: resample speakers (trials share them: bench/bench_intervals.py
+    # measured 93-95 % coverage of a nominal 95 %, against 50-62 % for trial) | trial: resample trials
     test_durations: list[float] = field(default_factory=list)  # seconds: extra rows with the test side cut
     # to its first d seconds (enrolment at full length); [] = none
+    enroll_mode: str = "mean_embedding"  # an enrolment of several files (a CN-Celeb enroll.map entry, pair
+    # mode's --enroll): mean_embedding = scored against their L2-normalised mean embedding; score_average = the
+    # mean of their scores
     calibrate: str = ""  # development trial list: fit score -> LLR calibration, saved in <run>/eval/; "" = none
     calibrate_data: str = ""  # folder of the calibrate list's files; "" = val_data
     decision_p_target: float = 0.01  # target prior of the calibration's class weights and of pair-mode
@@ -146,13 +171,14 @@ class Config:
 
 # --- which script uses which keys ----------------------------------------------------------------------
 
-RUN_KEYS = ("exp_dir", "seed", "device", "precision", "threads")
-MODEL_KEYS = ("model", "channels", "embed_dim",  # the network's shape...
+RUN_KEYS = ("exp_dir", "seed", "device", "precision", "threads", "dist_timeout_min")
+MODEL_KEYS = ("model", "channels", "embed_dim", "stats_variance",  # the network's shape...
               "sample_rate", "n_mels", "frame_length_ms", "frame_shift_ms", "window_type", "cmn")  # ...its features
 EVAL_KEYS = ("test_data", "test_trials", "eval_batch_size", "max_eval_frames", "eval_crops", "eval_crop_frames",
              "eval_bucket_crop", "subtract_mean", "score_norm", "cohort_top_n", "cohort_utts_per_speaker",
-             "bootstrap", "test_durations")
-INFERENCE_ONLY = ("checkpoint", "calibrate", "calibrate_data", "val_data", "decision_p_target", "decision_threshold")
+             "bootstrap", "bootstrap_unit", "test_durations", "enroll_mode")
+INFERENCE_ONLY = ("checkpoint", "calibrate", "calibrate_data", "val_data", "decision_p_target", "decision_threshold",
+                  "runtime", "onnx_file")
 SORT_KEYS = ("source", "keep", "sort_by", "min_keep", "rounds")
 
 
@@ -186,20 +212,29 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "sort_by": ("centroid", "class_weight", "loss"),
     "sampler": ("random", "balanced"),
     "decision_threshold": ("bayes", "min_dcf", "eer"),
+    "runtime": ("torch", "onnx"),
+    "enroll_mode": ("mean_embedding", "score_average"),
+    "stats_variance": ("population", "unbiased"),  # models.pooling.VARIANCES
+    "bootstrap_unit": ("speaker", "trial"),
 }
 POSITIVE = ("sample_rate", "num_frames", "n_mels", "batch_size", "epochs", "lr", "scale", "subcenters",
             "eval_batch_size", "rounds", "frame_length_ms", "frame_shift_ms", "eval_crop_frames", "cohort_top_n",
-            "cohort_utts_per_speaker")
+            "cohort_utts_per_speaker", "accumulate", "dist_timeout_min")
 NON_NEGATIVE = ("threads", "keep_checkpoints", "utts_per_speaker", "num_workers", "dither", "freq_masks",
                 "freq_mask_width", "time_masks", "time_mask_width", "channels", "embed_dim", "warmup_epochs",
                 "momentum", "weight_decay", "grad_clip", "max_eval_frames", "min_keep", "margin", "eval_crops",
-                "bootstrap")
+                "bootstrap", "checkpoint_every", "average_last")
 
 
 def _validate(cfg: Config) -> None:
     from loss import HEADS  # local imports: the registries import torch, config should load fast
     from models import MODELS
 
+    for f in dataclasses.fields(cfg):  # nan and inf pass every comparison below or fail it with a worse message
+        value = getattr(cfg, f.name)
+        if any(isinstance(v, float) and not abs(v) < float("inf") for v in (value if isinstance(value, list)
+                                                                             else [value])):
+            raise ConfigError(f"{f.name}: must be a finite number, got {value}")
     for key, options in {**CHOICES, "model": tuple(MODELS), "loss": tuple(HEADS)}.items():
         if getattr(cfg, key) not in options:
             raise ConfigError(f"{key}: '{getattr(cfg, key)}' is not one of: {', '.join(options)}")
@@ -222,6 +257,16 @@ def _validate(cfg: Config) -> None:
     if cfg.frame_shift_ms > cfg.frame_length_ms:
         raise ConfigError("frame_shift_ms: must not exceed frame_length_ms")
     _validate_evaluation(cfg)
+    _validate_averaging(cfg)
+
+
+def _validate_averaging(cfg: Config) -> None:
+    if cfg.average_last > cfg.epochs:
+        raise ConfigError(f"average_last: {cfg.average_last} epoch checkpoints to average, but only {cfg.epochs} "
+                          f"epochs")
+    if 0 < cfg.keep_checkpoints < cfg.average_last:
+        raise ConfigError(f"average_last: {cfg.average_last} needs the last {cfg.average_last} epoch checkpoints; "
+                          f"keep_checkpoints is {cfg.keep_checkpoints} (set it to {cfg.average_last}, or 0 = all)")
 
 
 def _validate_evaluation(cfg: Config) -> None:
@@ -283,7 +328,7 @@ def load_yaml(path: str | Path) -> dict[str, object]:
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_text(path)) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -335,6 +380,17 @@ def _out_of_scope(key: str, script: str) -> str:
     return f"{script} does not use {key}" + (f" (a setting of {', '.join(users)})" if users else "")
 
 
+def _unexpected(value: str, argv: list[str]) -> str:
+    """The error for a stray value: after an on/off flag (`--cmn maybe`), it names the flag."""
+    i = argv.index(value) if value in argv else -1
+    flag = argv[i - 1] if i > 0 and argv[i - 1].startswith("--") else ""
+    key = flag[2:].replace("-", "_").removeprefix("no_")
+    if key in FIELDS and _TYPES[key] is bool:
+        name = key.replace("_", "-")
+        return f"{flag}: an on/off flag takes no value, got '{value}'; write --{name} or --no-{name}"
+    return f"unexpected argument '{value}'"
+
+
 def parse_args(argv: list[str] | None, description: str,
                parser: argparse.ArgumentParser | None = None) -> tuple[dict[str, object], argparse.Namespace]:
     """The config keys a command line sets (its --config file's keys, overridden by its flags), and the
@@ -346,7 +402,7 @@ def parse_args(argv: list[str] | None, description: str,
     if unknown:
         flags = [u for u in unknown if u.startswith("-")]
         if not flags:
-            raise ConfigError(f"unexpected argument '{unknown[0]}'")
+            raise ConfigError(_unexpected(unknown[0], sys.argv[1:] if argv is None else argv))
         key = flags[0].lstrip("-").split("=")[0].replace("-", "_").removeprefix("no_")
         if key in FIELDS and script:
             raise ConfigError(f"{flags[0]}: {_out_of_scope(key, script)}")
@@ -358,6 +414,10 @@ def parse_args(argv: list[str] | None, description: str,
         if script and key not in SCOPES[script]:
             raise ConfigError(f"{args.config}: {_out_of_scope(key, script)}")
     overrides.update({k: v for k, v in vars(args).items() if k in FIELDS})
+    if "tensorboard" in overrides and _convert("tensorboard", overrides["tensorboard"]):
+        from curves import check_tensorboard  # at the start, not after an epoch's work
+
+        check_tensorboard()
     return overrides, args
 
 

@@ -10,9 +10,12 @@ reports record it; bench/bench_eval.py measures the speed and the EER difference
 of the L2-normalised embeddings of K crops of crop_frames frames, evenly spaced from the file's start to its
 end (K = 1: the centred crop; a file shorter than a crop: one crop, wrap-padded), re-normalised.
 
-The cache: <run>/embeddings/<checkpoint stem>-<hash>.npz, keyed by (utterance key, file path); the hash covers
-the checkpoint's sha1 and every setting an embedding depends on, so a file is embedded once per checkpoint and
-settings, however many lists, normalisations or runs use it.
+The cache: <run>/embeddings/<checkpoint stem>-<hash>/, an `EmbeddingStore` keyed by (utterance key, file path)
+that only ever adds shards; the hash covers the checkpoint's sha1 and every setting an embedding depends on, so
+a file is embedded once per checkpoint and settings, however many lists, normalisations or runs use it.
+
+Under torchrun (a process group started by distributed.init_distributed) `Embedder.embed` is collective: every
+rank passes the same files, embeds every world_size-th of those the cache lacks, and gets all of them back.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +36,12 @@ from torch import nn
 from tqdm import tqdm
 
 from config import Config
-from data.audio import audio_info, load_audio
+from data.audio import audio_info, load_audio, warn_short
 from data.crops import wrap_pad
 from data.features import FbankOptions, FrontEnd, num_frames_for_samples, num_samples_for_frames
+from distributed import broadcast, current, gather, shard
 from scoring import l2_normalise
-from utils import atomic_path, atomic_write_text, autocast
+from utils import UserError, atomic_path, atomic_write_text, autocast, remove_stale_temps
 
 log = logging.getLogger("voiceprint")
 
@@ -105,24 +110,30 @@ class Embedder:
 
     @property
     def cache_path(self) -> Path | None:
+        """The folder of this checkpoint's and settings' EmbeddingStore, under cache_dir."""
         if self.cache_dir is None:
             return None
-        return self.cache_dir / f"{self.checkpoint_name}-{self.settings_hash()}.npz"
+        return self.cache_dir / f"{self.checkpoint_name}-{self.settings_hash()}"
 
     def with_max_frames(self, max_frames: int) -> Embedder:
         return dataclasses.replace(self, extraction=dataclasses.replace(self.extraction, max_frames=max_frames))
 
     def embed(self, paths: dict[str, str], lengths: dict[str, int] | None = None) -> dict[str, np.ndarray]:
-        """key -> embedding of each file, from the cache or extracted (`lengths`: see `extract`)."""
-        cached = read_embedding_cache(self.cache_path) if self.cache_path else {}
-        found = {k: cached[(k, p)] for k, p in paths.items() if (k, p) in cached}
+        """key -> embedding of each file, from the cache or extracted (`lengths`: see `extract`).
+
+        Under a process group (torchrun) every rank calls this with the same files and gets every embedding:
+        rank 0 reads the cache and tells the others what it holds, each rank extracts every world_size-th of
+        the rest, the ranks gather what they extracted, and rank 0 adds it to the cache."""
+        d = current()
+        found = broadcast(EmbeddingStore(self.cache_path).read(paths) if self.cache_path and d.main else {}, d)
         todo = {k: p for k, p in paths.items() if k not in found}
         if self.cache_path:
-            log.info("embeddings: %d of %d files from %s, %d to embed", len(found), len(paths), self.cache_path,
-                     len(todo))
-        new = self.extract(todo, lengths) if todo else {}
-        if self.cache_path and new:
-            write_embedding_cache(self.cache_path, {(k, todo[k]): e for k, e in new.items()}, self.settings())
+            log.info("embeddings: %d of %d files from %s, %d to embed%s", len(found), len(paths), self.cache_path,
+                     len(todo), f" over {d.world_size} ranks" if d.distributed else "")
+        mine = dict(shard(list(todo.items()), d))
+        new = gather(self.extract(mine, lengths) if mine else {}, d)
+        if self.cache_path and new and d.main:
+            EmbeddingStore(self.cache_path).append({(k, todo[k]): e for k, e in new.items()}, self.settings())
         return {k: found[k] if k in found else new[k] for k in paths}
 
     @torch.no_grad()
@@ -134,12 +145,15 @@ class Embedder:
         self.frontend.eval()
         known = lengths or {}
         lengths = {k: known.get(k) or audio_info(p, self.sample_rate) for k, p in paths.items()}  # bad file: here
+        warn_short({paths[k]: n for k, n in lengths.items()}, self.sample_rate, "embedding")
         crops = self.extraction.crops > 0
         embeddings: dict[str, np.ndarray] = {}
-        with tqdm(total=len(paths), unit="file", desc="embedding", disable=None, leave=False) as bar:
+        with tqdm(total=len(paths), unit="file", desc="embedding", disable=None if current().main else True,
+                  leave=False) as bar:
             for keys in (self.crop_batches(lengths) if crops else self.full_length_batches(lengths)):
                 embeddings.update(self.embed_crops(keys, paths) if crops else self.embed_full_length(keys, paths))
                 bar.update(len(keys))
+        check_finite(embeddings, paths, self.model, self.checkpoint_name)
         return {k: embeddings[k] for k in paths}
 
     @torch.no_grad()
@@ -229,6 +243,17 @@ class Embedder:
         return {key: l2_normalise(emb[owners == i].mean(axis=0)) for i, key in enumerate(keys)}
 
 
+def check_finite(embeddings: dict[str, np.ndarray], paths: dict[str, str], model: nn.Module, name: str) -> None:
+    """A NaN or infinite embedding is an error naming its file and its cause (the audio is checked when read,
+    so it is the model's weights, or an overflow inside it)."""
+    bad = [k for k, e in embeddings.items() if not np.isfinite(e).all()]
+    if bad:
+        weights = not all(torch.isfinite(p).all() for p in model.parameters())
+        cause = f"the model's weights ({name}) hold NaN or inf values" if weights else "an overflow in the model"
+        raise UserError(f"{paths[bad[0]]}: its embedding is NaN or infinite ({len(bad)} of {len(embeddings)} "
+                        f"files): {cause}")
+
+
 # --- the embedding cache -------------------------------------------------------------------------------
 
 def file_sha1(path: str | Path) -> str:
@@ -239,27 +264,96 @@ def file_sha1(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def read_embedding_cache(path: Path) -> dict[tuple[str, str], np.ndarray]:
-    """(key, path) -> embedding; {} when the file is absent or unreadable (it is then rebuilt)."""
-    if not path.is_file():
-        return {}
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            keys, files, matrix = data["keys"], data["paths"], data["embeddings"]
-    except (OSError, ValueError, KeyError) as err:
-        log.warning("%s: unreadable embedding cache (%s); re-embedding", path, err)
-        return {}
-    return {(str(k), str(p)): row for k, p, row in zip(keys, files, matrix)}
+@dataclass(frozen=True)
+class EmbeddingStore:
+    """The embeddings of one checkpoint under one set of settings: a folder of shards, each written once and
+    never rewritten, so adding entries costs what they cost, however large the store (VoxCeleb2's 1.09 M
+    training files for train_sort; bench/bench_store.py measures it):
+
+        settings.json               what the embeddings depend on (Embedder.settings), for the reader
+        shard-NNNNNN-TOKEN.npy      (n, D) float32: the embeddings of one addition
+        shard-NNNNNN-TOKEN.tsv      its index, line i `<key>\t<path>` of row i; written after the .npy, so a
+                                    shard without it (a kill between the two writes) is ignored
+
+    `read` scans the indexes and reads only the rows asked for, STORE_CHUNK_ROWS at a time; a later shard wins
+    over an earlier one. `append` writes its rows the same way, so neither holds a second copy of a store's
+    embeddings. Concurrent writers (separate runs sharing a checkpoint) each add their own shard (TOKEN is
+    random): nothing is lost or torn. Keys and paths hold no tab or newline."""
+    folder: Path
+
+    def shards(self) -> list[Path]:
+        """The complete shards' .tsv files, oldest first."""
+        return sorted(self.folder.glob("shard-*.tsv")) if self.folder.is_dir() else []
+
+    def read(self, wanted: dict[str, str]) -> dict[str, np.ndarray]:
+        """key -> stored embedding of every (key, path) of `wanted` in the store."""
+        hits: dict[str, tuple[Path, int]] = {}
+        for index in self.shards():
+            with open(index, encoding="utf-8") as f:
+                for row, line in enumerate(f):
+                    key, _, path = line.rstrip("\n").partition("\t")
+                    if wanted.get(key) == path:
+                        hits[key] = (index, row)
+        found: dict[str, np.ndarray] = {}
+        for index in sorted({source for source, _ in hits.values()}):
+            keys = sorted((k for k, (source, _) in hits.items() if source == index), key=lambda k: hits[k][1])
+            try:
+                found.update(zip(keys, read_rows(index.with_suffix(".npy"), np.array([hits[k][1] for k in keys]))))
+            except (OSError, ValueError) as err:
+                log.warning("%s: unreadable embedding shard (%s); re-embedding its files", index, err)
+        return found
+
+    def entries(self) -> list[tuple[str, str]]:
+        """Every stored (key, path), oldest shard first (a test's and a bench's view)."""
+        return [tuple(line.rstrip("\n").split("\t", 1)) for index in self.shards()
+                for line in index.read_text(encoding="utf-8").splitlines(keepends=True)]
+
+    def append(self, new: dict[tuple[str, str], np.ndarray], settings: dict) -> Path:
+        """Add entries as one new shard (the .npy, then its .tsv, each atomically). Returns the .tsv."""
+        if any(c in k + p for k, p in new for c in "\t\n"):
+            raise ValueError("embedding store: a key or path holds a tab or newline")
+        remove_stale_temps(self.folder, recursive=False)  # of a writer killed inside its shard
+        if not (self.folder / "settings.json").is_file():
+            atomic_write_text(self.folder / "settings.json", json.dumps(settings, sort_keys=True, indent=2))
+        shards = self.shards()
+        number = int(shards[-1].name.split("-")[1]) + 1 if shards else 0
+        stem = self.folder / f"shard-{number:06d}-{secrets.token_hex(4)}"
+        rows = list(new.values())
+        with atomic_path(stem.with_suffix(".npy")) as tmp, open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
+                                                     "shape": (len(rows), len(rows[0]))})
+            for first in range(0, len(rows), STORE_CHUNK_ROWS):
+                f.write(np.stack(rows[first:first + STORE_CHUNK_ROWS]).astype("<f4").tobytes())
+        with atomic_path(stem.with_suffix(".tsv")) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(f"{k}\t{p}\n" for k, p in new)
+        return stem.with_suffix(".tsv")
 
 
-def write_embedding_cache(path: Path, new: dict[tuple[str, str], np.ndarray], settings: dict) -> None:
-    """Add entries to the cache file, atomically (a concurrent writer's additions may be lost, never torn)."""
-    entries = {**read_embedding_cache(path), **new}
-    items = sorted(entries.items())
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, keys=np.array([k for (k, _), _ in items]), paths=np.array([p for (_, p), _ in items]),
-                 embeddings=np.stack([e for _, e in items]).astype(np.float32),
-                 settings=np.array(json.dumps(settings, sort_keys=True)))
+STORE_CHUNK_ROWS = 1 << 16  # rows an EmbeddingStore reads or writes at a time (48 MiB of 192-dim float32)
+
+
+def read_rows(path: Path, rows: np.ndarray) -> np.ndarray:
+    """Rows (ascending indices) of an (n, D) little-endian float32 .npy, (len(rows), D): a chunk at a time,
+    only the chunks that hold some."""
+    with open(path, "rb") as f:
+        major, _ = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(f)
+        if fortran_order or dtype != np.dtype("<f4") or len(shape) != 2 or (len(rows) and rows[-1] >= shape[0]):
+            raise ValueError(f"not the (n, D) float32 rows of a shard: {shape}, {dtype}")
+        start, dim = f.tell(), shape[1]
+        out = np.empty((len(rows), dim), dtype=np.float32)  # (rows, D)
+        for first in range(0, shape[0], STORE_CHUNK_ROWS):
+            lo, hi = np.searchsorted(rows, [first, first + STORE_CHUNK_ROWS])
+            if lo == hi:
+                continue
+            count = int(rows[hi - 1]) + 1 - first
+            f.seek(start + first * dim * 4)
+            block = np.fromfile(f, dtype="<f4", count=count * dim)
+            if len(block) != count * dim:
+                raise ValueError("truncated")
+            out[lo:hi] = block.reshape(count, dim)[rows[lo:hi] - first]
+        return out
 
 
 def save_embeddings(embeddings: dict[str, np.ndarray], paths: dict[str, str], folder: Path) -> None:

@@ -8,6 +8,7 @@ against an enrolment (pair mode).
     python inference.py --test-durations 1,2,3,5                    # also EER with the test side cut to d s
     python inference.py --eval-crops 10 --eval-crop-frames 300      # mean embedding of 10 crops of 3 s
     python inference.py --save-embeddings                           # also <run>/eval/embeddings.npy + .txt
+    python inference.py --runtime onnx                              # embed with onnxruntime (export.py's file)
     python inference.py --enroll a.wav b.wav --test c.wav           # pair mode: score, LLR, decision
 
 The checkpoint describes itself (config, speaker list, weights): the model and its front end are rebuilt from
@@ -15,7 +16,8 @@ it alone, and a flag that would change them (--model, --n-mels, --sample-rate, .
 config's evaluation settings are the defaults; flags override them. The evaluation is evaluation.py's
 `evaluate_checkpoint`, the same call train.py makes for its final test, so `python inference.py --checkpoint RUN`
 reproduces RUN/results.json. Outputs (score files, eval/results.json|md, plots, calibration, the embedding
-cache) are listed in evaluation.py.
+cache) are listed in evaluation.py. Under torchrun (`torchrun --nproc_per_node=N inference.py ...`) every
+process embeds its share of the files and gets them all; rank 0 writes the scores and reports.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 
 from config import Config, build_config, check_model_keys, make_parser, parse_args
+from distributed import finish_distributed, init_distributed
 from embedding import Embedder, save_embeddings
 from evaluation import (
     checkpoint_embedder,
@@ -84,15 +87,21 @@ def decide(score: float, record: CalibrationRecord | None, how: str, p_target: f
 
 def pair_scores(cfg: Config, run: Path, embedder: Embedder, enroll: Sequence[str],
                 tests: Sequence[str]) -> np.ndarray:
-    """Each test file's score against the mean embedding of the enrolment files (first score_norm)."""
+    """Each test file's score (first score_norm) against the enrolment files, as cfg.enroll_mode says: against
+    their mean embedding, or the mean of the scores against each."""
     single = dataclasses.replace(embedder, cache_dir=None)
-    enroll_emb = single.embed({f"enroll:{p}": p for p in enroll})
-    test_emb = single.embed({f"test:{p}": p for p in tests})
+    enroll_emb = np.stack(list(single.embed({f"enroll:{p}": p for p in enroll}).values()))  # (E, D)
+    test_emb = np.stack(list(single.embed({f"test:{p}": p for p in tests}).values()))  # (T, D)
     scorer = scorer_from_config(cfg, run, embedder, cfg.score_norm[:1])
-    enrolment = l2_normalise(np.mean(list(enroll_emb.values()), axis=0))[None]  # (1, D)
-    print(f"enrolment: {len(enroll)} file(s), embeddings averaged; scoring: {scorer.describe(cfg.score_norm[0])}")
-    return scorer.score(enrolment, np.stack(list(test_emb.values())), np.zeros(len(tests), dtype=int),
-                        np.arange(len(tests)), cfg.score_norm[0])
+    norm, n_enroll, n_test = cfg.score_norm[0], len(enroll), len(tests)
+    if cfg.enroll_mode == "score_average":
+        print(f"enrolment: {n_enroll} file(s), scores averaged; scoring: {scorer.describe(norm)}")
+        scores = scorer.score(enroll_emb, test_emb, np.tile(np.arange(n_enroll), n_test),
+                              np.repeat(np.arange(n_test), n_enroll), norm)  # (T * E,), test-major
+        return scores.reshape(n_test, n_enroll).mean(axis=1)
+    enrolment = l2_normalise(enroll_emb.mean(axis=0))[None]  # (1, D)
+    print(f"enrolment: {n_enroll} file(s), embeddings averaged; scoring: {scorer.describe(norm)}")
+    return scorer.score(enrolment, test_emb, np.zeros(n_test, dtype=int), np.arange(n_test), norm)
 
 
 def verify_pairs(cfg: Config, ckpt: Path, embedder: Embedder, enroll: Sequence[str],
@@ -136,19 +145,24 @@ def main(argv: list[str] | None = None) -> list:
     trained = load_trained(ckpt)
     check_model_keys(overrides, trained.cfg, ckpt)
     cfg = build_config(overrides, base={**dataclasses.asdict(trained.cfg), "checkpoint": str(ckpt)})
+    d = init_distributed(cfg.device, cfg.dist_timeout_min)  # under torchrun: before the model picks its GPU
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     embedder = checkpoint_embedder(cfg, trained.model, ckpt)
     log.info("checkpoint %s (%s), device %s, precision %s; embedding: %s", ckpt, cfg.model, embedder.device,
              embedder.precision, embedder.extraction.describe())
     if getattr(args, "enroll", None):
+        if d.distributed:
+            raise UserError("pair mode (--enroll, --test) embeds a handful of files: run it without torchrun")
         return verify_pairs(cfg, ckpt, embedder, args.enroll, args.test)
-    evaluation = evaluate_checkpoint(cfg, ckpt, embedder)
-    print(evaluation.markdown)
+    evaluation = evaluate_checkpoint(cfg, ckpt, embedder)  # under torchrun: each rank embeds its share
     save = getattr(args, "save_embeddings", None)
-    if save is not None:
-        save_embeddings(embedder.embed(evaluation.files), evaluation.files,
-                        Path(save) if save else run_dir(ckpt) / "eval")
+    embeddings = embedder.embed(evaluation.files) if save is not None else {}  # from the cache
+    if d.main:
+        print(evaluation.markdown)
+        if save is not None:
+            save_embeddings(embeddings, evaluation.files, Path(save) if save else run_dir(ckpt) / "eval")
+    finish_distributed(d)
     return [row.result for row in evaluation.rows]
 
 

@@ -1,7 +1,9 @@
 """Run folders and checkpoints: where a run lives, how its checkpoints are saved, found and loaded.
 
 A run folder exp_dir/<name>/ holds config.yaml, train_list.jsonl, log.csv, results.json and
-checkpoints/epoch_NNNN.pt (the last `keep_checkpoints` kept) and checkpoints/best.pt. A checkpoint is a dict
+checkpoints/epoch_NNNN.pt (the last `keep_checkpoints` kept), checkpoints/best.pt and, with
+`checkpoint_every`, mid-epoch checkpoints epoch_NNNN-step_SSSSSS.pt (SSSSSS optimizer steps into epoch NNNN:
+the name sorts after the previous epoch's file and before its own). A checkpoint is a dict
 of plain data (weights, optimizer state, config, speaker list, log, RNG states): it is loaded with
 `torch.load(..., weights_only=True)`, never unpickled as code.
 
@@ -26,7 +28,7 @@ from loss import head_from_config
 from models import model_from_config
 from utils import UserError, atomic_path, atomic_torch_save
 
-SCHEMA = 2  # the checkpoint layout this code writes
+SCHEMA = 4  # the checkpoint layout this code writes
 
 
 def _from_schema_1(state: dict) -> dict:
@@ -39,7 +41,20 @@ def _from_schema_1(state: dict) -> dict:
     return {**state, "best_epoch": best}
 
 
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _from_schema_1}  # version -> its upgrade to version + 1
+def _from_schema_2(state: dict) -> dict:
+    """Schema 2 (before mid-epoch checkpoints) lacks `mid_epoch`: every checkpoint was taken at an epoch's end,
+    which schema 3 writes as `mid_epoch: None`."""
+    return {**state, "mid_epoch": None}
+
+
+def _from_schema_3(state: dict) -> dict:
+    """Schema 3 (before the model option `stats_variance`) pooled with the population variance: its config
+    says so, whatever the default becomes."""
+    return {**state, "config": {"stats_variance": "population", **state["config"]}}
+
+
+# version -> its upgrade to version + 1
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _from_schema_1, 2: _from_schema_2, 3: _from_schema_3}
 
 
 def migrate(state: dict, source: Path) -> dict:
@@ -64,22 +79,84 @@ def load_checkpoint(path: str | Path) -> dict:
         raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
     if not isinstance(state, dict) or not {"model", "config", "speakers"} <= set(state):
         raise UserError(f"{path}: not a voiceprint checkpoint (no model, config and speaker list)")
+    check_finite_weights(state, path)
     return migrate(state, path)
 
 
+def check_finite_weights(state: dict, source: Path) -> None:
+    """NaN or infinite weights (a diverged training, a damaged file) are an error, not NaN scores later."""
+    for part in ("model", "head"):
+        for key, value in state.get(part, {}).items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+                raise UserError(f"{source}: weights hold NaN or infinite values ({part} {key}): the training "
+                                f"diverged or the file is damaged")
+
+
+def checkpoint_name(state: dict) -> str:
+    """epoch_NNNN.pt after epoch NNNN; epoch_NNNN-step_SSSSSS.pt SSSSSS optimizer steps into epoch NNNN (whose
+    `epoch` entry counts the epochs completed before it: NNNN - 1)."""
+    mid = state.get("mid_epoch")
+    return f"epoch_{state['epoch'] + 1:04d}-step_{mid['step']:06d}.pt" if mid else f"epoch_{state['epoch']:04d}.pt"
+
+
 def save_checkpoint(run: Path, state: dict, keep: int, is_best: bool) -> Path:
-    """checkpoints/epoch_NNNN.pt (atomically), a copy as best.pt when `is_best` (atomically too), then all
-    but the newest `keep` epoch files removed (0 = keep all). Returns the epoch file."""
+    """The checkpoint under `checkpoint_name` (atomically), a copy as best.pt when `is_best` (atomically too),
+    then, unless keep is 0 (keep everything): all but the newest `keep` epoch files removed, and every
+    mid-epoch file but this one (an epoch's end supersedes them all). Returns the file written."""
     folder = run / "checkpoints"
-    path = folder / f"epoch_{state['epoch']:04d}.pt"
+    path = folder / checkpoint_name(state)
     atomic_torch_save({**state, "schema": SCHEMA}, path)
     if is_best:
-        with atomic_path(folder / "best.pt") as tmp:
-            shutil.copyfile(path, tmp)
+        copy_best(path)
     if keep > 0:
-        for old in epoch_checkpoints(run)[:-keep]:
-            old.unlink()
+        for old in [*epoch_checkpoints(run)[:-keep], *mid_epoch_checkpoints(run)]:
+            if old != path:
+                old.unlink()
     return path
+
+
+def copy_best(checkpoint: Path) -> None:
+    with atomic_path(checkpoint.parent / "best.pt") as tmp:
+        shutil.copyfile(checkpoint, tmp)
+
+
+def restore_best(run: Path, state: dict) -> None:
+    """Make checkpoints/best.pt hold the state's best_epoch again after a kill inside save_checkpoint: when the
+    latest epoch (`state`'s) was the best, the kill may have come before or during its copy to best.pt, so the
+    copy is redone; an older best epoch finished its copy before the next epoch began (best.pt is copied
+    again only if it is gone)."""
+    best_epoch = int(state.get("best_epoch", 0))
+    source = run / "checkpoints" / f"epoch_{best_epoch:04d}.pt"
+    best = run / "checkpoints" / "best.pt"
+    if best_epoch and source.is_file() and (best_epoch == int(state["epoch"]) or not best.is_file()):
+        copy_best(source)
+
+
+def average_checkpoints(run: Path, last: int) -> Path:
+    """checkpoints/avg_last_N.pt, written atomically: the element-wise mean of the model and head weights of the
+    run's last N epoch checkpoints (checkpoint averaging as in wespeaker's average_model.py; the BatchNorm
+    running statistics are averaged too, its integer step counters taken from the newest). The rest is the
+    newest checkpoint's, less its optimizer, scaler and RNG state (an average resumes nothing), plus
+    `averaged_epochs`. A checkpoint like any other for load_trained, inference.py and --init-from."""
+    paths = epoch_checkpoints(run)[-last:]
+    if len(paths) < last:
+        raise UserError(f"{run / 'checkpoints'}: average_last {last} needs {last} epoch checkpoints, found "
+                        f"{len(paths)} (keep_checkpoints must be >= average_last, or 0)")
+    sums: dict[str, dict[str, torch.Tensor]] = {}
+    epochs = []
+    for path in paths:
+        state = load_checkpoint(path)
+        epochs.append(int(state["epoch"]))
+        for part in ("model", "head"):
+            part_sums = sums.setdefault(part, {})
+            for key, value in state[part].items():
+                part_sums[key] = part_sums.get(key, 0) + value.double() if value.is_floating_point() else value
+    averaged = {part: {k: (v / last).to(state[part][k].dtype) if v.is_floating_point() else v
+                       for k, v in weights.items()} for part, weights in sums.items()}
+    rest = {k: v for k, v in state.items() if k not in ("optimizer", "scaler", "rng")}
+    out = run / "checkpoints" / f"avg_last_{last}.pt"
+    atomic_torch_save({**rest, **averaged, "averaged_epochs": epochs, "schema": SCHEMA}, out)
+    return out
 
 
 # --- finding runs and checkpoints -------------------------------------------------------------------------
@@ -90,12 +167,18 @@ def new_run_dir(cfg: Config) -> Path:
 
 
 def epoch_checkpoints(run: Path) -> list[Path]:
-    return sorted((run / "checkpoints").glob("epoch_*.pt"))
+    """The end-of-epoch checkpoints, oldest first."""
+    return sorted(p for p in (run / "checkpoints").glob("epoch_*.pt") if "-step_" not in p.name)
+
+
+def mid_epoch_checkpoints(run: Path) -> list[Path]:
+    return sorted((run / "checkpoints").glob("epoch_*-step_*.pt"))
 
 
 def latest_checkpoint(run: Path) -> Path | None:
-    epochs = epoch_checkpoints(run)
-    return epochs[-1] if epochs else None
+    """The newest checkpoint to resume from, an epoch's end or within an epoch (their names sort in order)."""
+    found = sorted((run / "checkpoints").glob("epoch_*.pt"))
+    return found[-1] if found else None
 
 
 def newest_run(exp_root: str | Path, pattern: str) -> Path | None:

@@ -127,17 +127,17 @@ class Scorer:
     def score(self, enroll: np.ndarray, test: np.ndarray, enroll_index: np.ndarray, test_index: np.ndarray,
               norm: str) -> np.ndarray:
         """Scores of the trials (enroll[enroll_index[i]], test[test_index[i]]); enroll (E, D), test (T, D)."""
-        enroll, test = self.prepare(enroll), self.prepare(test)
-        scores = np.concatenate([cosine_pairs(enroll[enroll_index[i:i + SCORE_CHUNK]],
-                                              test[test_index[i:i + SCORE_CHUNK]])
-                                 for i in range(0, len(enroll_index), SCORE_CHUNK)])
+        return score_sides(self.side(enroll, norm), self.side(test, norm), enroll_index, test_index)
+
+    def side(self, embeddings: np.ndarray, norm: str) -> Side:
+        """(N, D) embeddings of one trial side made ready to score under `norm`: computed once per side, however
+        many trials index it."""
+        embeddings = self.prepare(embeddings)
         if norm == "none":
-            return scores
+            return Side(embeddings, None)
         if self.cohort is None:
             raise ValueError(f"score norm {norm} needs a cohort")
-        top_n = self.top_n if norm == "asnorm" else 0
-        e, t = cohort_stats(enroll, self.cohort.speakers, top_n), cohort_stats(test, self.cohort.speakers, top_n)
-        return symmetric_norm(scores, _take(e, enroll_index), _take(t, test_index))
+        return Side(embeddings, cohort_stats(embeddings, self.cohort.speakers, self.top_n if norm == "asnorm" else 0))
 
     def score_trials(self, trials: Sequence, enroll: dict[str, np.ndarray], test: dict[str, np.ndarray],
                      norm: str) -> np.ndarray:
@@ -160,6 +160,25 @@ class Scorer:
 
 def _take(stats: CohortStats, index: np.ndarray) -> CohortStats:
     return CohortStats(stats.mean[index], stats.std[index])
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of a set of trials (Scorer.side): its prepared embeddings and, under S-norm or AS-norm, their
+    cohort statistics."""
+    embeddings: np.ndarray  # (N, D)
+    stats: CohortStats | None  # None: no score normalisation
+
+
+def score_sides(enroll: Side, test: Side, enroll_index: np.ndarray, test_index: np.ndarray) -> np.ndarray:
+    """Scores of the trials (enroll[enroll_index[i]], test[test_index[i]]): cosine, then the sides' S-norm or
+    AS-norm when they carry statistics."""
+    scores = np.concatenate([cosine_pairs(enroll.embeddings[enroll_index[i:i + SCORE_CHUNK]],
+                                          test.embeddings[test_index[i:i + SCORE_CHUNK]])
+                             for i in range(0, len(enroll_index), SCORE_CHUNK)])
+    if enroll.stats is None or test.stats is None:
+        return scores
+    return symmetric_norm(scores, _take(enroll.stats, enroll_index), _take(test.stats, test_index))
 
 
 # --- calibration ----------------------------------------------------------------------------------------

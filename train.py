@@ -3,13 +3,15 @@
     python train.py                                   # ECAPA-TDNN on the demo corpus (generated on first use)
     python train.py --model resnet18 --loss am --scale 30 --margin 0.2 --optimizer sgd --lr 0.1
     python train.py --resume                          # continue the newest run from its latest checkpoint
-    torchrun --nproc_per_node=4 train.py ...          # data parallel (nccl on GPUs, gloo on CPU)
+    torchrun --nproc_per_node=4 train.py ...          # data parallel (nccl on GPUs, gloo on CPU); README: multi-node
+    python train.py --checkpoint-every 1000 --accumulate 2   # mid-epoch checkpoints; 2 batches per optimizer step
 
 Writes exp/<name>/: config.yaml (resolved), train_list.jsonl, log.csv (one row per epoch),
-checkpoints/epoch_NNNN.pt (one per epoch, the last `keep_checkpoints` kept) and checkpoints/best.pt (lowest
-validation EER), then the final test of best.pt: results.json and everything evaluation.evaluate_checkpoint
-writes (the same call as `python inference.py --checkpoint exp/<name>`). Per step: fbank and SpecAugment on
-the batch (on the device), model, head, backward, step.
+checkpoints/epoch_NNNN.pt (one per epoch, the last `keep_checkpoints` kept; with checkpoint_every, also
+epoch_NNNN-step_SSSSSS.pt within an epoch) and checkpoints/best.pt (lowest validation EER), then the final
+test of best.pt: results.json and everything evaluation.evaluate_checkpoint writes (the same call as
+`python inference.py --checkpoint exp/<name>`). Per batch: fbank and SpecAugment (on the device), model,
+head, backward; an optimizer step every `accumulate` batches.
 
 The steps of `train`: open the run folder (new, or resumed), the training data, the trainer (model, head,
 optimizer), the epochs (train, validate, save), the final check of the replicas and the test.
@@ -17,13 +19,14 @@ optimizer), the epochs (train, validate, save), the final check of the replicas 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
+import itertools
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +38,8 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from config import Config, build_config, check_model_keys, make_parser, parse_args, save_config, to_dict
+from config import MODEL_KEYS, Config, build_config, check_model_keys, make_parser, parse_args, save_config, to_dict
+from curves import write_curves
 from data.augment import build_augmenter
 from data.corpus import (
     Utterance,
@@ -49,12 +53,22 @@ from data.corpus import (
 from data.crops import TrainDataset, speed_speakers
 from data.features import FrontEnd, fbank_options_from_config, frontend_from_config, num_samples_for_frames
 from data.samplers import BalancedSampler, EpochSampler
+from distributed import Dist, broadcast, finish_distributed, init_distributed
 from embedding import Embedder, extraction_from_config
 from evaluation import EvalPlan, TrialList, evaluate, evaluate_checkpoint, load_trial_lists, row_record
 from loss import MarginSchedule, head_from_config
 from metrics import P_TARGETS
 from models import model_from_config
-from runs import find_resumable, latest_checkpoint, load_checkpoint, new_run_dir, save_checkpoint
+from runs import (
+    average_checkpoints,
+    find_checkpoint,
+    find_resumable,
+    latest_checkpoint,
+    load_checkpoint,
+    new_run_dir,
+    restore_best,
+    save_checkpoint,
+)
 from scoring import Scorer
 from utils import (
     UserError,
@@ -62,6 +76,7 @@ from utils import (
     atomic_write_text,
     autocast,
     configure_malloc,
+    remove_stale_temps,
     resolve_device,
     resolve_precision,
     rng_state,
@@ -73,35 +88,7 @@ from utils import (
 log = logging.getLogger("voiceprint")
 
 
-# --- distributed ---------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    distributed: bool = False  # launched by torchrun: a process group exists (even of one process)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_name: str) -> Dist:
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; without them this is a single process, with no process group."""
-    if "WORLD_SIZE" not in os.environ:
-        return Dist()
-    world_size = int(os.environ["WORLD_SIZE"])
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-    use_cuda = device_name != "cpu" and torch.cuda.is_available()
-    if use_cuda:
-        if local_rank >= torch.cuda.device_count():
-            raise UserError(f"local rank {local_rank} has no GPU: {torch.cuda.device_count()} visible; start at "
-                            f"most that many processes per node (torchrun --nproc_per_node)")
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Dist(rank, world_size, local_rank, distributed=True)
-
+# --- distributed (the process group itself: distributed.py) ---------------------------------------------
 
 def check_disjoint_shards(sampler: torch.utils.data.Sampler, num_items: int, d: Dist, device: torch.device) -> int:
     """Under DDP, verify that this epoch's shards of the ranks do not overlap; returns this rank's count."""
@@ -134,6 +121,15 @@ def check_replicas_in_sync(module: nn.Module, d: Dist) -> None:
         raise RuntimeError(f"DDP replicas diverged: weight digests {digests}")
     if d.main:
         log.info("all %d replicas hold identical weights (sha1 %s)", d.world_size, digests[0][:12])
+
+
+def broadcast_buffers(module: nn.Module, d: Dist) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank. After a step each rank holds the
+    statistics of its own batch (DDP broadcasts rank 0's only at the next forward, so training is unchanged);
+    an evaluation shared out over the ranks must embed every file with the model rank 0 saves."""
+    if d.distributed:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def all_mean(values: torch.Tensor, d: Dist) -> torch.Tensor:
@@ -176,9 +172,10 @@ def margin_schedule(cfg: Config) -> Callable[[float], float]:
     return MarginSchedule(cfg.margin, *cfg.margin_ramp) if cfg.margin_ramp[1] > 0 else (lambda _: cfg.margin)
 
 
-def step_seed(seed: int, step: int) -> int:
-    """The seed of a step's on-device randomness (dither, SpecAugment)."""
-    return int(np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0] >> 1)
+def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    """The seed of the on-device randomness (dither, SpecAugment) of batch `step` of `epoch` on `rank`: every
+    rank draws its own masks and dither, and a resumed run draws the same ones again."""
+    return int(np.random.SeedSequence([seed, epoch, step, rank]).generate_state(1, np.uint64)[0] >> 1)
 
 
 # --- the run folder --------------------------------------------------------------------------------------
@@ -188,9 +185,15 @@ def open_run(cfg: Config, run: Path | None, d: Dist) -> tuple[Path, dict | None]
     holds another run's checkpoints or results."""
     if cfg.resume:
         run = run or find_resumable(cfg.exp_dir, cfg.name)
-        return run, load_checkpoint(latest_checkpoint(run))
+        state = load_checkpoint(latest_checkpoint(run))
+        if d.main:  # a kill inside the last save may have left best.pt and log.csv behind the checkpoint
+            remove_stale_temps(run)
+            restore_best(run, state)
+            write_log(run, state["log"])
+        return run, state
     run = run or new_run_dir(cfg)
     if d.main:
+        remove_stale_temps(run)  # a first checkpoint's, killed while written, is no earlier run
         taken = [p for p in (run / "checkpoints", run / "results.json") if p.exists() and any(_entries(p))]
         if taken:
             raise UserError(f"{run}: holds an earlier run ({taken[0].name}); pass --resume to continue it, or "
@@ -242,7 +245,8 @@ class TrainingData:
 
 def training_data(cfg: Config, run: Path, utterances: Sequence[Utterance] | None, d: Dist) -> TrainingData:
     """Rank 0 checks every input, writes the config and builds (and caches) the corpus index; then every rank
-    reads the index, caps it per speaker and injects the configured label noise (recorded in the run)."""
+    reads the index, caps it per speaker and injects the configured label noise (recorded in the run), and gets
+    rank 0's validation lists."""
     val_lists: list[TrialList] = []
     if d.main:
         ensure_demo_corpus(cfg)
@@ -253,6 +257,7 @@ def training_data(cfg: Config, run: Path, utterances: Sequence[Utterance] | None
             load_index(cfg.train_data, cfg.sample_rate)  # scan once, cache for the other ranks
     if d.distributed:
         dist.barrier()  # the corpus and its index exist before the other ranks read them
+    val_lists = broadcast(val_lists, d)  # every rank embeds its share of the validation files
     if utterances is None:
         utterances = cap_per_speaker(load_index(cfg.train_data, cfg.sample_rate), cfg.utts_per_speaker, cfg.seed)
         utterances, moved = inject_label_noise(utterances, cfg.label_noise, cfg.seed)
@@ -298,6 +303,8 @@ class Trainer:
     loader: torch.utils.data.DataLoader
     margin: Callable[[float], float]
     start_epoch: int = 0
+    start_batch: int = 0  # resumed from a mid-epoch checkpoint: the batches of start_epoch already trained
+    start_totals: list[float] | None = None  # ...and this rank's running totals over them (train_epoch)
     rows: list[dict] = field(default_factory=list)
     best_eer: float = math.inf
     best_epoch: int = 0
@@ -311,6 +318,8 @@ def build_trainer(cfg: Config, data: TrainingData, d: Dist, resume_state: dict |
     seed_everything(cfg.seed)  # identical initial weights on every rank
     model = model_from_config(cfg)
     trainee = Trainee(model, head_from_config(cfg, model.embed_dim, len(data.classes))).to(device)
+    if cfg.init_from and not resume_state:  # a resumed run continues its own weights
+        init_from_checkpoint(trainee, cfg, data.classes, d)
     optimizer = build_optimizer(cfg, list(trainee.parameters()))
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     t = Trainer(cfg, d, device, precision, trainee, trainee, frontend_from_config(cfg).to(device), optimizer, scaler,
@@ -323,6 +332,25 @@ def build_trainer(cfg: Config, data: TrainingData, d: Dist, resume_state: dict |
     return t
 
 
+def init_from_checkpoint(trainee: Trainee, cfg: Config, classes: Sequence[str], d: Dist) -> None:
+    """--init-from: the checkpoint's encoder (its model keys must be cfg's), and its head when it was trained on
+    these classes with a head of this shape; a fresh head otherwise. Not its optimizer, epoch or log."""
+    path = find_checkpoint(cfg.init_from, cfg.exp_dir)
+    state = load_checkpoint(path)
+    check_model_keys({k: getattr(cfg, k) for k in MODEL_KEYS}, build_config({}, base=state["config"]), path)
+    trainee.model.load_state_dict(state["model"])
+    shapes = {k: tuple(v.shape) for k, v in trainee.head.state_dict().items()}
+    same = list(state["speakers"]) == list(classes) and {k: tuple(v.shape) for k, v in
+                                                           state.get("head", {}).items()} == shapes
+    if same:
+        trainee.head.load_state_dict(state["head"])
+    if d.main and same:
+        log.info("initialised from %s: its encoder and its head (the same %d classes)", path, len(classes))
+    elif d.main:
+        log.info("initialised from %s: its encoder, and a fresh %s head for %d classes (the checkpoint's head is "
+                 "for %d other classes)", path, cfg.loss, len(classes), len(state["speakers"]))
+
+
 def restore(t: Trainer, state: dict) -> None:
     t.trainee.model.load_state_dict(state["model"])
     t.trainee.head.load_state_dict(state["head"])
@@ -332,13 +360,21 @@ def restore(t: Trainer, state: dict) -> None:
     set_rng_state(state["rng"])
     t.start_epoch, t.rows, t.best_eer, t.best_epoch = state["epoch"], state["log"], state["best_eer"], \
         state["best_epoch"]
+    mid = state["mid_epoch"]
+    if mid:
+        if (mid["world_size"], mid["accumulate"]) != (t.d.world_size, t.cfg.accumulate):
+            raise UserError(f"a mid-epoch checkpoint resumes with the processes and --accumulate it was written "
+                            f"with ({mid['world_size']} and {mid['accumulate']}, not {t.d.world_size} and "
+                            f"{t.cfg.accumulate}); or delete it to resume from the last epoch's checkpoint")
+        t.start_batch, t.start_totals = mid["batches"], mid["totals"][t.d.rank]
 
 
-def checkpoint_state(t: Trainer, epoch: int, classes: Sequence[str]) -> dict:
+def checkpoint_state(t: Trainer, epoch: int, classes: Sequence[str], mid_epoch: dict | None = None) -> dict:
+    """What resumes the run: after `epoch` epochs, plus `mid_epoch` (mid_epoch_state) within the next one."""
     state = {"model": t.trainee.model.state_dict(), "head": t.trainee.head.state_dict(),
              "optimizer": t.optimizer.state_dict(), "epoch": epoch, "config": to_dict(t.cfg),
              "speakers": list(classes), "log": t.rows, "best_eer": t.best_eer, "best_epoch": t.best_epoch,
-             "rng": rng_state()}
+             "rng": rng_state(), "mid_epoch": mid_epoch}
     if t.scaler is not None:
         state["scaler"] = t.scaler.state_dict()
     return state
@@ -354,48 +390,65 @@ class EpochStats:
     margin: float  # at the epoch's last step
 
 
-def train_epoch(t: Trainer, epoch: int) -> EpochStats:
+def train_epoch(t: Trainer, epoch: int, run: Path, classes: Sequence[str]) -> EpochStats:
+    """One epoch (from t.start_batch, when resumed within it): a forward and backward per batch, an optimizer
+    step per `accumulate` batches (an incomplete last group is dropped), a mid-epoch checkpoint every
+    `checkpoint_every` steps."""
     t.ddp.train()
     t.frontend.train()
-    steps = len(t.loader.batch_sampler)
-    totals = torch.zeros(3, device=t.device)  # loss sum, correct, utterances
-    margin = t.margin(epoch)
+    batches = len(t.loader.batch_sampler)  # this rank's, in the whole epoch
+    usable = batches - batches % t.cfg.accumulate
+    start, t.start_batch = t.start_batch, 0
+    totals = torch.tensor(t.start_totals or [0.0, 0.0, 0.0], device=t.device)  # loss sum, correct, utterances
+    t.start_totals = None
+    margin = t.margin(epoch + start / batches)
     # a bar on a terminal only (disable=None): a log file gets the per-epoch line, not a bar per step
-    bar = tqdm(t.loader, desc=f"epoch {epoch + 1}/{t.cfg.epochs}", disable=None if t.d.main else True,
-               dynamic_ncols=True, leave=False)
-    for i, (wave, labels) in enumerate(bar):
-        margin = t.margin(epoch + i / steps)
-        loss, logits, labels = train_step(t, wave, labels, epoch, i, margin)
+    bar = tqdm(itertools.islice(t.loader, usable - start), desc=f"epoch {epoch + 1}/{t.cfg.epochs}", total=usable,
+               initial=start, disable=None if t.d.main else True, dynamic_ncols=True, leave=False)
+    for i, (wave, labels) in enumerate(bar, start=start):
+        margin = t.margin(epoch + i / batches)
+        loss, logits, labels = forward_backward(t, wave, labels, epoch, i, margin)
         with torch.no_grad():
             totals += torch.stack([loss.detach().float() * len(labels), (logits.argmax(-1) == labels).sum().float(),
                                    torch.tensor(float(len(labels)), device=t.device)])
-        if t.d.main and i % 10 == 0:
+        if (i + 1) % t.cfg.accumulate:
+            continue
+        optimizer_step(t, epoch, (i + 1 - t.cfg.accumulate) / batches)
+        step = (i + 1) // t.cfg.accumulate
+        if t.cfg.checkpoint_every and step % t.cfg.checkpoint_every == 0 and i + 1 < usable:
+            save_mid_epoch(t, run, classes, epoch, step, totals)
+        if t.d.main and step % 10 == 0:
             bar.set_postfix(loss=f"{totals[0].item() / totals[2].item():.3f}",
                             acc=f"{totals[1].item() / totals[2].item():.3f}")
     totals = all_mean(totals, t.d)
     seen = max(totals[2].item(), 1)
-    steps = int(round(totals[2].item())) // t.cfg.batch_size
+    steps = int(round(totals[2].item())) // (t.cfg.batch_size * t.cfg.accumulate)
     return EpochStats(totals[0].item() / seen, totals[1].item() / seen, steps, margin)
 
 
-def train_step(t: Trainer, wave: torch.Tensor, labels: torch.Tensor, epoch: int, i: int,
-               margin: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One optimizer step on a batch of waves (B, N) and labels (B,); returns (loss, logits, labels)."""
-    steps = len(t.loader.batch_sampler)
-    for group in t.optimizer.param_groups:
-        group["lr"] = learning_rate(t.cfg, epoch, i / steps)
+def forward_backward(t: Trainer, wave: torch.Tensor, labels: torch.Tensor, epoch: int, i: int,
+                     margin: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward and backward of batch i, waves (B, N) and labels (B,); returns (loss, logits, labels). The
+    gradients add up over `accumulate` batches; DDP averages them over the ranks at the group's last one."""
     wave = wave.to(t.device, non_blocking=True)  # (B, N)
     labels = labels.to(t.device, non_blocking=True)  # (B,)
-    generator = torch.Generator(device=t.device).manual_seed(step_seed(t.cfg.seed, epoch * steps + i))
+    generator = torch.Generator(device=t.device).manual_seed(step_seed(t.cfg.seed, epoch, i, t.d.rank))
     feats = t.frontend(wave, generator=generator)  # (B, T, F)
-    with autocast(t.device, t.precision):
-        loss, logits = t.ddp(feats, labels, margin)
-    t.optimizer.zero_grad(set_to_none=True)
+    last = (i + 1) % t.cfg.accumulate == 0
+    with t.ddp.no_sync() if t.d.distributed and not last else contextlib.nullcontext():
+        with autocast(t.device, t.precision):
+            loss, logits = t.ddp(feats, labels, margin)
+        scaled = loss / t.cfg.accumulate if t.cfg.accumulate > 1 else loss  # the mean over the group's batches
+        (t.scaler.scale(scaled) if t.scaler is not None else scaled).backward()
+    return loss, logits, labels
+
+
+def optimizer_step(t: Trainer, epoch: int, progress: float) -> None:
+    """One step on the summed gradients, at the lr of `progress` in [0, 1) into the epoch; then clear them."""
+    for group in t.optimizer.param_groups:
+        group["lr"] = learning_rate(t.cfg, epoch, progress)
     if t.scaler is not None:
-        t.scaler.scale(loss).backward()
         t.scaler.unscale_(t.optimizer)
-    else:
-        loss.backward()
     if t.cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(t.trainee.parameters(), t.cfg.grad_clip)
     if t.scaler is not None:
@@ -403,31 +456,50 @@ def train_step(t: Trainer, wave: torch.Tensor, labels: torch.Tensor, epoch: int,
         t.scaler.update()
     else:
         t.optimizer.step()
-    return loss, logits, labels
+    t.optimizer.zero_grad(set_to_none=True)
+
+
+def save_mid_epoch(t: Trainer, run: Path, classes: Sequence[str], epoch: int, step: int,
+                   totals: torch.Tensor) -> None:
+    """A checkpoint `step` optimizer steps into `epoch` (0-based) that resumes exactly: with every rank's
+    running totals, so the epoch's loss and accuracy come out as without the interruption."""
+    every = [totals.clone() for _ in range(t.d.world_size)]
+    if t.d.distributed:
+        dist.all_gather(every, totals)
+    mid = {"step": step, "batches": step * t.cfg.accumulate, "world_size": t.d.world_size,
+           "accumulate": t.cfg.accumulate, "totals": [x.tolist() for x in every]}
+    if t.d.main:
+        path = save_checkpoint(run, checkpoint_state(t, epoch, classes, mid), t.cfg.keep_checkpoints, False)
+        log.info("epoch %d, step %d: checkpoint %s", epoch + 1, step, path.name)
 
 
 def validate(t: Trainer, val_lists: Sequence[TrialList]) -> tuple[float, float]:
     """(EER, minDCF at the first p_target) of the live model on the validation list: evaluation.evaluate under
-    the run's extraction policy, cosine scores, no cache."""
+    the run's extraction policy, cosine scores, no cache. Every rank embeds its share of the files (with rank 0's
+    BatchNorm statistics, the ones its checkpoint holds) and gets the result."""
+    broadcast_buffers(t.trainee, t.d)
     embedder = Embedder(t.trainee.model, t.frontend, t.device, t.precision, extraction_from_config(t.cfg))
-    [row] = evaluate(embedder, val_lists, Scorer(), EvalPlan())
+    [row] = evaluate(embedder, val_lists, Scorer(), EvalPlan(enroll_mode=t.cfg.enroll_mode))
     return row.result.eer, row.result.min_dcf[P_TARGETS[0]]
 
 
 def run_epoch(t: Trainer, epoch: int, run: Path, data: TrainingData) -> None:
-    """Train one epoch, validate, save the checkpoint and the log (rank 0)."""
+    """Train one epoch, validate (every rank embeds its share), save the checkpoint and the log (rank 0)."""
     started = time.perf_counter()
-    t.loader.batch_sampler.set_epoch(epoch)
+    t.loader.batch_sampler.set_epoch(epoch, t.start_batch)
     if t.d.distributed:
         count = check_disjoint_shards(t.loader.batch_sampler, len(t.loader.dataset), t.d, t.device)
         if t.d.main:
             log.info("epoch %d: %d ranks drew disjoint shards of %d utterances each", epoch + 1, t.d.world_size,
                      count)
-    stats = train_epoch(t, epoch)
+    stats = train_epoch(t, epoch, run, data.classes)
+    if not all(torch.isfinite(p).all() for p in t.trainee.parameters()):
+        raise UserError(f"epoch {epoch + 1}: the weights became NaN or infinite (loss {stats.loss:.4g}): the "
+                        f"training diverged; --resume from the last checkpoint with a lower --lr or a --grad-clip")
     row = {"epoch": epoch + 1, "steps": stats.steps, "lr": f"{learning_rate(t.cfg, epoch, 0):.6g}",
            "margin": f"{stats.margin:.4f}", "loss": f"{stats.loss:.4f}", "accuracy": f"{stats.accuracy:.4f}",
            "val_eer": "", "val_min_dcf": ""}
-    if t.d.main and data.val_lists:
+    if data.val_lists:
         eer, min_dcf = validate(t, data.val_lists)
         row["val_eer"], row["val_min_dcf"] = f"{eer:.4f}", f"{min_dcf:.4f}"
     row["seconds"] = f"{time.perf_counter() - started:.1f}"
@@ -439,6 +511,7 @@ def run_epoch(t: Trainer, epoch: int, run: Path, data: TrainingData) -> None:
             t.best_eer, t.best_epoch = min(t.best_eer, val_eer), epoch + 1
         save_checkpoint(run, checkpoint_state(t, epoch + 1, data.classes), t.cfg.keep_checkpoints, is_best)
         write_log(run, t.rows)
+        write_curves(run, t.rows, t.cfg.tensorboard)  # <run>/curves.png (+ TensorBoard scalars)
         eer = f"  val EER {100 * val_eer:.2f}%" if row["val_eer"] else ""
         log.info("epoch %d/%d  loss %s  acc %s  lr %s%s  (%ss)", epoch + 1, t.cfg.epochs, row["loss"],
                  row["accuracy"], row["lr"], eer, row["seconds"])
@@ -453,46 +526,76 @@ def train(cfg: Config, *, utterances: Sequence[Utterance] | None = None, run: Pa
     """Train (or resume, with cfg.resume) and return the run folder. `utterances` replaces the corpus scan
     (train_sort passes its kept list, described by `kept` in the research log); `run` fixes the folder."""
     configure_malloc()
-    d = init_distributed(cfg.device)
+    d = init_distributed(cfg.device, cfg.dist_timeout_min)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     run, resume_state = open_run(cfg, run, d)
     data = training_data(cfg, run, utterances, d)
     t = build_trainer(cfg, data, d, resume_state)
     if resume_state and d.main:
-        log.info("resuming %s after epoch %d", run, t.start_epoch)
+        log.info("resuming %s after epoch %d%s", run, t.start_epoch,
+                 f", batch {t.start_batch} of epoch {t.start_epoch + 1}" if t.start_batch else "")
     if d.main:
         log.info("%s: %s (%.2f M parameters), %s head, %d speakers, %d utterances, %d steps/epoch x %d "
-                 "process(es) x batch %d; device %s, precision %s", run, cfg.model,
+                 "process(es) x batch %d x accumulate %d; device %s, precision %s", run, cfg.model,
                  sum(p.numel() for p in t.trainee.model.parameters()) / 1e6, cfg.loss, len(data.speakers),
-                 len(data.utterances), len(t.loader.batch_sampler), d.world_size, cfg.batch_size, t.device,
-                 t.precision)
+                 len(data.utterances), len(t.loader.batch_sampler) // cfg.accumulate, d.world_size,
+                 cfg.batch_size, cfg.accumulate, t.device, t.precision)
+        warn_effective_batch(cfg, d)
     for epoch in range(t.start_epoch, cfg.epochs):
         run_epoch(t, epoch, run, data)
     if d.distributed:  # before anything loads best.pt: the replicas compared are the trained ones
         check_replicas_in_sync(t.trainee, d)
-    if d.main:
-        record_results(run, cfg, len(data.utterances), kept)
-    if d.distributed:
-        dist.barrier()
-        dist.destroy_process_group()
+    final = final_checkpoint(run, cfg, d)
+    record_results(run, cfg, len(data.utterances), kept, d, final)  # every rank embeds its share of the test files
+    finish_distributed(d)
     return run
+
+
+RECIPE_BATCH = 64  # the effective batch the default lr (the recipe's) was tuned for
+
+
+def warn_effective_batch(cfg: Config, d: Dist) -> None:
+    """The linear scaling rule (Goyal et al. 2017, "Accurate, Large Minibatch SGD"): lr proportional to the
+    effective batch. Stated, not applied: the rule is a starting point (Adam often needs less than linear), and
+    the lr a run uses stays the one its config says."""
+    effective = cfg.batch_size * cfg.accumulate * d.world_size
+    if effective != RECIPE_BATCH:
+        log.warning("effective batch %d (batch %d x accumulate %d x %d process(es)) is not the %d the recipe's "
+                    "lr %g was tuned for; the linear scaling rule would give --lr %.3g; using --lr %g as given",
+                    effective, cfg.batch_size, cfg.accumulate, d.world_size, RECIPE_BATCH, Config.lr,
+                    Config.lr * effective / RECIPE_BATCH, cfg.lr)
 
 
 RESULT_COLUMNS = ["run", "model", "optimizer", "lr (decay/epoch)", "batch", "utts/spk", "label noise", "kept",
                   "loss (s, m)", "epochs", "EER %", "minDCF0.01"]
 
 
-def record_results(run: Path, cfg: Config, num_utts: int, kept: str) -> None:
-    """The final test of best.pt (evaluation.evaluate_checkpoint, as `inference.py --checkpoint RUN` runs it):
-    run/results.json, and this run's row appended to <exp_dir>/results.md, the research log of every run."""
-    best = run / "checkpoints" / "best.pt"
-    rows = evaluate_checkpoint(cfg, best).rows if cfg.test_trials else []
+def final_checkpoint(run: Path, cfg: Config, d: Dist) -> Path:
+    """The checkpoint the run's final test is given: best.pt, or with average_last N the average of the last N
+    epoch checkpoints, checkpoints/avg_last_N.pt (runs.average_checkpoints, written by rank 0)."""
+    if not cfg.average_last:
+        return run / "checkpoints" / "best.pt"
+    if d.main:
+        path = average_checkpoints(run, cfg.average_last)
+        log.info("%s: the weight average of the last %d epoch checkpoints", path, cfg.average_last)
+    if d.distributed:
+        dist.barrier()  # written before any rank loads it
+    return run / "checkpoints" / f"avg_last_{cfg.average_last}.pt"
+
+
+def record_results(run: Path, cfg: Config, num_utts: int, kept: str, d: Dist, checkpoint: Path) -> None:
+    """The final test of `checkpoint` (evaluation.evaluate_checkpoint, as `inference.py --checkpoint FILE` runs
+    it; every rank embeds its share of the files): run/results.json, and this run's row appended to
+    <exp_dir>/results.md, the research log of every run (rank 0)."""
+    rows = evaluate_checkpoint(cfg, checkpoint).rows if cfg.test_trials else []
+    if not d.main:
+        return
     for r in rows:
         log.info("test %s %s: EER %.2f%%  minDCF(%g) %.4f", r.trial_list.name, r.result.score_norm,
                  100 * r.result.eer, P_TARGETS[0], r.result.min_dcf[P_TARGETS[0]])
-    epoch = load_checkpoint(best)["epoch"]
-    atomic_write_text(run / "results.json", json.dumps({"checkpoint": "checkpoints/best.pt", "epoch": epoch,
+    epoch = load_checkpoint(checkpoint)["epoch"]
+    atomic_write_text(run / "results.json", json.dumps({"checkpoint": f"checkpoints/{checkpoint.name}", "epoch": epoch,
                                                         "results": [row_record(r) for r in rows]}, indent=2))
     if rows:
         first = rows[0].result
@@ -509,13 +612,22 @@ def main(argv: list[str] | None = None) -> Path:
     overrides, _ = parse_args(argv, __doc__, make_parser(__doc__, "train.py"))
     cfg = build_config(overrides)
     if not cfg.resume:
-        return train(cfg)
+        return train(with_init_model(cfg, overrides) if cfg.init_from else cfg)
     # the saved config of the run, with this command line's flags on top (e.g. more epochs); never another
     # model or other features
     run = find_resumable(cfg.exp_dir, cfg.name)
     saved = load_checkpoint(latest_checkpoint(run))["config"]
     check_model_keys(overrides, build_config({}, base=saved), run)
     return train(build_config({**overrides, "resume": True, "name": run.name}, base=saved), run=run)
+
+
+def with_init_model(cfg: Config, overrides: dict[str, object]) -> Config:
+    """--init-from: the model keys come from that checkpoint (another value given is an error), the rest from
+    the command line; init_from resolved to the checkpoint file."""
+    path = find_checkpoint(cfg.init_from, cfg.exp_dir)
+    saved = build_config({}, base=load_checkpoint(path)["config"])
+    check_model_keys(overrides, saved, path)
+    return build_config({**{k: getattr(saved, k) for k in MODEL_KEYS}, **overrides, "init_from": str(path)})
 
 
 if __name__ == "__main__":

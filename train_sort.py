@@ -5,17 +5,18 @@
 
 For training on noisy speaker labels: an utterance whose embedding sits far from the rest of its speaker's
 is likely mislabelled (or off-speaker). Each round embeds every training utterance with the latest model
-(the one feature path of inference.py), scores it (--sort-by), keeps each speaker's utterances whose rank
-lies in the [low, high] percentile range (at least --min-keep of them), retrains
-with the source run's config (flags on this command line override it, except those that define the model and
-its features, which must stay the source's) on the kept list, and evaluates through evaluation.py, as
-train.py and inference.py do.
+(the one feature path of inference.py; under torchrun each rank embeds its share and gets them all), scores
+it (--sort-by), keeps each speaker's utterances whose rank lies in the [low, high] percentile range (at least
+--min-keep of them), retrains with the source run's config (flags on this command line override it, except
+those that define the model and its features, which must stay the source's) on the kept list, and evaluates
+through evaluation.py, as train.py and inference.py do.
 Scores, kept lists and a report go to exp/<source>-keep<low>-<high>/round<k>/; when the source run injected
 label noise, the report gives precision and recall of the removed utterances against the ones that moved.
 
 Percentiles rank a speaker's utterances from the most typical (0: the highest score) to the least typical
 (100), so `--keep 0 90` drops only the 10 % least typical, where mislabelled utterances gather, and
-`--keep 5 95` also drops the 5 % most typical.
+`--keep 5 95` also drops the 5 % most typical. The share removed from each speaker is the asked one, rounded
+to whole utterances (`removal_counts`); the report logs the removed counts per speaker.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ import torch
 
 from config import Config, build_config, check_model_keys, make_parser, parse_args
 from data.corpus import Utterance
+from distributed import current, finish_distributed, init_distributed
 from evaluation import checkpoint_embedder, evaluate_checkpoint, read_train_list
 from runs import Trained, find_checkpoint, load_trained, run_dir
 from train import train
@@ -54,19 +57,34 @@ def percent_range(keep: Sequence[float]) -> tuple[float, float]:
     return low, high
 
 
-def keep_range(scores: np.ndarray, low: float, high: float, min_keep: int) -> np.ndarray:
-    """Boolean mask of one speaker's kept utterances.
+def removal_counts(n: int, low: float, high: float) -> tuple[int, int]:
+    """(removed from the low end, removed from the high end) of a speaker's n ranked utterances for the
+    percentile range [low, high]: R = round(n (low + 100 - high) / 100) utterances in all, so the removed share
+    is the asked one to within half an utterance; the high end's round(n (100 - high) / 100) first, the low end
+    the rest. Rounding: halves up. Worked example (README): n = 30 at 5-95 removes 3 (1 + 2), n = 10 removes 1
+    (0 + 1), n = 21 removes 2 (1 + 1)."""
+    def round_half_up(x: float) -> int:
+        return math.floor(x + 0.5 + 1e-9)  # 1e-9: n * 5 / 100 = 1.5 must round up despite float error
 
-    Kept: q_low <= score <= q_high, the percentiles taken with numpy's linear interpolation (so ties at a
-    boundary are kept or dropped together). When fewer than `min_keep` survive, the `min_keep` utterances
-    closest to the middle percentile of the range are kept instead (all of them for a tiny speaker)."""
-    q_low, q_high = np.percentile(scores, [low, high])
-    kept = (scores >= q_low) & (scores <= q_high)
-    if kept.sum() < min(min_keep, len(scores)):
-        middle = np.percentile(scores, (low + high) / 2)
-        kept = np.zeros(len(scores), dtype=bool)
-        kept[np.argsort(np.abs(scores - middle), kind="stable")[:min_keep]] = True
-    return kept
+    total = round_half_up(n * (low + 100.0 - high) / 100.0)
+    high_end = round_half_up(n * (100.0 - high) / 100.0)
+    return total - high_end, high_end
+
+
+def keep_range(scores: np.ndarray, low: float, high: float, min_keep: int) -> np.ndarray:
+    """Boolean mask of one speaker's kept utterances: ranked by score (rank 0 the lowest; ties in list order),
+    the lowest and highest `removal_counts` removed. When fewer than `min_keep` would survive, the `min_keep`
+    ranks centred on the range's middle are kept instead (all of them for a tiny speaker)."""
+    n = len(scores)
+    ranks = np.empty(n, dtype=np.int64)
+    ranks[np.argsort(scores, kind="stable")] = np.arange(n)
+    drop_low, drop_high = removal_counts(n, low, high)
+    first, stop = drop_low, n - drop_high
+    keep = min(min_keep, n)
+    if stop - first < keep:
+        first = min(max(0, round((first + stop - keep) / 2)), n - keep)
+        stop = first + keep
+    return (ranks >= first) & (ranks < stop)
 
 
 def keep_typical(scores: np.ndarray, low: float, high: float, min_keep: int) -> np.ndarray:
@@ -148,16 +166,19 @@ def score_and_trim(trained: Trained, utts: list[Utterance], cfg: Config, out: Pa
     kept = np.zeros(len(utts), dtype=bool)
     for idx in by_speaker.values():
         kept[idx] = keep_typical(scores[idx], low, high, cfg.min_keep)
-    lines = [f"{u.key}\t{u.speaker}\t{s:.6f}\t{int(k)}\n" for u, s, k in zip(utts, scores, kept)]
-    atomic_write_text(out / "utterance_scores.tsv", "key\tspeaker\tscore\tkept\n" + "".join(lines))
+    if current().main:  # under torchrun every rank holds every score; rank 0 writes them
+        lines = [f"{u.key}\t{u.speaker}\t{s:.6f}\t{int(k)}\n" for u, s, k in zip(utts, scores, kept)]
+        atomic_write_text(out / "utterance_scores.tsv", "key\tspeaker\tscore\tkept\n" + "".join(lines))
     return [u for u, k in zip(utts, kept) if k]
 
 
-def removal_summary(before: Sequence[Utterance], after: Sequence[Utterance]) -> str:
+def removal_summary(before: Sequence[Utterance], after: Sequence[Utterance], asked_percent: float) -> str:
     removed = Counter(u.speaker for u in before) - Counter(u.speaker for u in after)
     per_speaker = np.array([removed.get(s, 0) for s in {u.speaker for u in before}])
-    return (f"kept {len(after)} of {len(before)} utterances; removed per speaker: min {per_speaker.min()}, "
-            f"median {np.median(per_speaker):.0f}, max {per_speaker.max()}")
+    share = 100 * (len(before) - len(after)) / len(before)
+    return (f"kept {len(after)} of {len(before)} utterances ({share:.1f} % removed, {asked_percent:g} % asked); "
+            f"removed per speaker: min {per_speaker.min()}, median {np.median(per_speaker):.0f}, "
+            f"max {per_speaker.max()}")
 
 
 def test_eer(cfg: Config, trained: Trained) -> float:
@@ -182,7 +203,8 @@ def run_round(cfg: Config, r: Round, trained: Trained, utts: list[Utterance], mo
     out = r.root / f"round{r.number}"
     kept = score_and_trim(trained, utts, cfg, out)
     found = detection({u.key for u in utts} - {u.key for u in kept}, moved)
-    summary = removal_summary(utts, kept)
+    low, high = percent_range(cfg.keep)
+    summary = removal_summary(utts, kept, low + 100 - high)
     log.info("round %d: %s", r.number, summary)
     run_cfg = build_config({"name": f"{r.root.name}/round{r.number}"}, base=dataclasses.asdict(cfg))
     run = train(run_cfg, utterances=kept, run=out, kept=f"{r.label} ({cfg.sort_by}, round {r.number})")
@@ -191,9 +213,10 @@ def run_round(cfg: Config, r: Round, trained: Trained, utts: list[Utterance], mo
     report = {"round": r.number, "summary": summary, "kept": len(kept), "total": len(utts),
               "eer_before": eer_before, "eer_after": eer_after, "removed": found.removed,
               "moved": found.moved, "precision": found.precision, "recall": found.recall}
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
-    noise = f"; removed-vs-moved precision {found.precision:.3f} recall {found.recall:.3f}" if found.moved else ""
-    print(f"round {r.number}: {summary}; test EER {100 * eer_before:.2f}% -> {100 * eer_after:.2f}%{noise}")
+    if current().main:
+        atomic_write_text(out / "report.json", json.dumps(report, indent=2))
+        noise = f"; removed-vs-moved precision {found.precision:.3f} recall {found.recall:.3f}" if found.moved else ""
+        print(f"round {r.number}: {summary}; test EER {100 * eer_before:.2f}% -> {100 * eer_after:.2f}%{noise}")
     return report, retrained
 
 
@@ -212,6 +235,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     utts, moved = read_train_list(source), read_moved(source)
     # the source's config (label noise, if any, is in its list already), this command line on top
     cfg = build_config(overrides, base={**dataclasses.asdict(trained.cfg), "resume": False})
+    d = init_distributed(cfg.device, cfg.dist_timeout_min)  # under torchrun: every rank embeds its share
     root = Path(cfg.exp_dir) / (overrides.get("name") or f"{source.name}-keep{low:g}-{high:g}-{cfg.sort_by}")
     eer_before = test_eer(cfg, trained)
     reports = []
@@ -220,6 +244,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                     eer_before)
         reports.append(report)
         eer_before = report["eer_after"]
+    finish_distributed(d)
     return reports
 
 

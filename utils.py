@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
+import io
 import logging
 import os
 import platform
 import random
+import re
+import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -24,6 +29,22 @@ log = logging.getLogger("voiceprint")
 
 class UserError(Exception):
     """A problem with the user's input (file, config, data). Scripts print it as one line and exit 2."""
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(_from_worker(type(self), str(message)))
+
+
+_WORKER_MESSAGE = re.compile(r"Caught \w+ in [^\n]+\.\nOriginal Traceback")
+
+
+def _from_worker(kind: type, message: str) -> str:
+    """A DataLoader re-raises a worker's exception in the main process as `kind(<its worker's traceback>)`
+    (torch's ExceptionWrapper): keep the one line the worker raised, the traceback's last line without its
+    `module.Class: ` prefix."""
+    if not _WORKER_MESSAGE.match(message):
+        return message
+    last = message.rstrip().rsplit("\n", 1)[-1]
+    return last.split(f"{kind.__qualname__}: ", 1)[-1]
 
 
 def run_main(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
@@ -39,14 +60,29 @@ def run_main(main: Callable[[list[str] | None], object], argv: list[str] | None 
 
 
 # --- files ----------------------------------------------------------------------------------------------
+#
+# Every file a script writes goes through atomic_path: a temporary `.<name>.<host>-<pid>.<random>.tmp` beside
+# the target, renamed over it when complete. A failed write (disk full, read-only, no permission) is a
+# one-line UserError naming the target, with the temporary removed; a killed process leaves its temporary
+# behind, and remove_stale_temps clears those of processes that are gone (train.py on every start and resume,
+# data.prepare, the corpus index and the embedding cache before they write).
+
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", platform.node())[:32]
+_STARTED = time.time()  # temporaries of this pid older than this are a former process's (pids get reused)
+_RANDOM_PART = re.compile(r"[a-z0-9_]{8}")  # what mkstemp puts between the prefix and the suffix
+FOREIGN_TEMP_SECONDS = 86400  # another host's (or an older version's) temporary: removed after a day
+
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is fsynced and renamed over `path`, so a reader
     (or a kill at any moment) sees either the old file or the complete new one, never a torn one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp")
+    except OSError as err:
+        raise write_error(path, err) from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -56,9 +92,64 @@ def atomic_path(path: Path) -> Iterator[Path]:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        raise write_error(path, err, tmp) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_error(path: Path, err: OSError, tmp: str = "") -> UserError:
+    """The one-line error of a failed write of `path` (or of the other file `err` names, e.g. a copy's
+    source): 'no space left on device' with the free space, or the system's reason."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):  # (shutil's copy names the source in err.filename)
+        free = shutil.disk_usage(Path(path).parent).free if Path(path).parent.is_dir() else 0
+        return UserError(f"{path}: no space left on device ({free / 2**20:.1f} MiB free in {Path(path).parent}); "
+                         f"free some space and run again (--resume continues a training run)")
+    if err.filename and str(err.filename) not in (tmp, str(path)):  # e.g. a copy's source
+        return UserError(f"{err.filename}: {err.strerror or err} (writing {path})")
+    return UserError(f"{path}: cannot write ({err.strerror or err})")
+
+
+def _temp_is_stale(path: Path) -> bool:
+    parts = path.name.split(".")  # "", <target name parts>, [<host>-<pid>], <8 random characters>, "tmp"
+    if len(parts) < 4 or parts[0] or parts[-1] != "tmp" or not _RANDOM_PART.fullmatch(parts[-2]):
+        return False
+    try:
+        mtime = path.stat().st_mtime
+    except OSError:
+        return False
+    host, _, pid = parts[-3].rpartition("-")
+    if len(parts) < 5 or host != _HOST or not pid.isdigit():  # another host's, or an older version's name
+        return time.time() - mtime > FOREIGN_TEMP_SECONDS
+    if int(pid) == os.getpid():
+        return mtime < _STARTED
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def remove_stale_temps(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Remove the temporaries (atomic_path's) of killed writes under `folder`: those of processes of this host
+    that are no longer running, and any other older than FOREIGN_TEMP_SECONDS. Returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for parent, _, names in os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder))]:
+        for name in names:
+            path = Path(parent) / name
+            if name.endswith(".tmp") and name.startswith(".") and _temp_is_stale(path):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+    if removed:
+        log.info("%s: removed %d temporary file(s) of interrupted writes", folder, len(removed))
+    return removed
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -72,8 +163,27 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_torch_save(obj: object, path: Path) -> None:
+    """torch.save through memory: a failed file write is then an OSError (disk full: 'no space left on
+    device'), not torch's 'enforce fail at inline_container.cc ... unexpected pos'."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buffer.getbuffer())
+
+
+def read_text(path: str | Path) -> str:
+    """A text file as UTF-8; an unreadable or non-UTF-8 file is a one-line error naming its line."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text (byte {data[err.start:err.start + 1]!r}); save it as "
+                        f"UTF-8") from None
 
 
 def _markdown_line(cells: Sequence[object]) -> str:
@@ -100,15 +210,26 @@ def append_table_row(path: Path, columns: list[str], row: dict[str, object]) -> 
     import fcntl
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = markdown_row(columns, row)
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        f.seek(0)
-        header = "" if f.read(1) else markdown_header(columns)
-        f.write(header + line)
-        f.flush()
-        os.fsync(f.fileno())
+    data = markdown_row(columns, row).encode()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
+    except OSError as err:
+        raise write_error(path, err) from None
+    size = -1
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        data = (b"" if size else markdown_header(columns).encode()) + data
+        while data:
+            data = data[os.write(fd, data):]
+        os.fsync(fd)
+    except OSError as err:
+        if size >= 0:
+            os.ftruncate(fd, size)  # no half row left behind
+        raise write_error(path, err) from None
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: Path) -> dict:

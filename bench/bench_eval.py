@@ -32,6 +32,7 @@ import argparse
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -138,76 +139,95 @@ def accuracy_model(checkpoint: str, exp_dir: str):
     return trained.model, trained.cfg, path
 
 
+@dataclass
+class ExtractionSetup:
+    """What both extraction tables use: the demo test set, its lengths, the policies, the device."""
+    args: argparse.Namespace
+    trial_list: object  # evaluation.TrialList
+    lengths: dict[str, int]
+    configs: list[tuple[str, int, float]]  # (name, batch size, bucket crop)
+    device: torch.device
+    precision: str
+
+    def embedder(self, net: torch.nn.Module, net_cfg: object, batch_size: int, crop: float) -> object:
+        from data.features import frontend_from_config
+        from embedding import Embedder, Extraction
+
+        return Embedder(net, frontend_from_config(net_cfg), self.device, self.precision,  # no cache: extracts
+                        Extraction(batch_size=batch_size, bucket_crop=crop))
+
+
 def bench_extraction(args: argparse.Namespace) -> str:
     try:
         from data.audio import audio_info, load_audio
-        from data.features import frontend_from_config
-        from embedding import Embedder, Extraction
-        from evaluation import EvalPlan, evaluate, load_trial_lists
-        from scoring import Scorer
+        from evaluation import load_trial_lists
     except ImportError as err:
         log.warning("extraction part skipped: %s", err)
         return ""
     wav, trials_path = demo_test_set(Path(args.corpus))
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
-    precision = resolve_precision(args.precision, device)
     trial_list = load_trial_lists([str(trials_path)], str(wav))[0]
-    trials, paths = trial_list.trials, trial_list.files
     model, cfg = speed_model(args.model)
-    lengths = {k: audio_info(p, cfg.sample_rate) for k, p in paths.items()}
-    for p in paths.values():  # warm the page cache: the timing is of decoding, not of the disk
+    lengths = {k: audio_info(p, cfg.sample_rate) for k, p in trial_list.files.items()}
+    for p in trial_list.files.values():  # warm the page cache: the timing is of decoding, not of the disk
         load_audio(p, cfg.sample_rate)
-    step = max(1, len(paths) // args.speed_files) if args.speed_files else 1
-    timed = {k: paths[k] for k in sorted(paths)[::step]}  # every step-th file
-    seconds = sum(lengths[k] for k in timed) / cfg.sample_rate
     configs = [("one file at a time", 1, 0.0), (f"batches of {args.batch_size}, equal frame counts (exact)",
                                                 args.batch_size, 0.0)]
     configs += [(f"batches of {args.batch_size}, cut up to {100 * c:g}%", args.batch_size, c) for c in args.crops]
-
-    def embedder(net, net_cfg, batch_size: int, crop: float) -> Embedder:  # no cache: every call extracts
-        return Embedder(net, frontend_from_config(net_cfg), device, precision,
-                        Extraction(batch_size=batch_size, bucket_crop=crop))
-
-    def cut(batch_size: int, crop: float, files: dict[str, str]) -> str:
-        return dropped_audio(embedder(model, cfg, batch_size, crop), {k: lengths[k] for k in files})
-
-    log.info("speed: %d of %d files, %.0f s of audio, %s, %s, %d threads", len(timed), len(paths), seconds,
-             args.model, precision, args.threads)
-    speed, alone = [], None
-    for name, batch_size, crop in configs:
-        started, cpu_started = time.perf_counter(), time.process_time()
-        emb = embedder(model, cfg, batch_size, crop).extract(timed)
-        wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-        alone = emb if alone is None else alone
-        drift = max(float(np.abs(emb[k] - alone[k]).max()) for k in timed)
-        speed.append(f"| {name} | {seconds / wall:.1f} | {wall:.0f} | {seconds / cpu:.1f} | "
-                     f"{cut(batch_size, crop, timed)} | {drift:.1e} |")
-        log.info("%s: RTF %.1f", name, seconds / wall)
-    lines = [f"### Embedding extraction speed: demo test set ({len(timed)} of {len(paths)} files, {seconds / 60:.1f} "
-             "min of audio)", "",
-             f"{args.model} at its standard size (random weights: the speed does not depend on them), {args.threads} "
-             f"CPU threads, {precision}. RTF = audio seconds per wall second, header and file reading, fbank and "
-             "network included; audio s per CPU s: the same over the process's CPU time (all threads), less "
-             "sensitive to other load on a shared machine. Max diff: largest difference of an embedding component "
-             "to one file at a time.", "",
-             "| extraction | RTF | seconds | audio s per CPU s | audio cut | max diff |", "|---|---|---|---|---|---|",
-             *speed, ""]
+    setup = ExtractionSetup(args, trial_list, lengths, configs, device, resolve_precision(args.precision, device))
+    lines = extraction_speed(setup, model, cfg)
     trained = accuracy_model(args.checkpoint, args.exp_dir)
     if trained is None:
         lines.append("No trained checkpoint (--checkpoint, or a run under --exp-dir): no EER table.")
         return "\n".join(lines) + "\n"
-    accuracy, exact = [], None
-    for name, batch_size, crop in configs[1:]:  # exact batches are one-at-a-time (max diff above)
-        eer = evaluate(embedder(trained[0], trained[1], batch_size, crop), [trial_list], Scorer(),
-                       EvalPlan())[0].result.eer
+    return "\n".join(lines + extraction_accuracy(setup, trained)) + "\n"
+
+
+def extraction_speed(setup: ExtractionSetup, model: torch.nn.Module, cfg: object) -> list[str]:
+    args, paths = setup.args, setup.trial_list.files
+    step = max(1, len(paths) // args.speed_files) if args.speed_files else 1
+    timed = {k: paths[k] for k in sorted(paths)[::step]}  # every step-th file
+    seconds = sum(setup.lengths[k] for k in timed) / cfg.sample_rate
+    log.info("speed: %d of %d files, %.0f s of audio, %s, %s, %d threads", len(timed), len(paths), seconds,
+             args.model, setup.precision, args.threads)
+    speed, alone = [], None
+    for name, batch_size, crop in setup.configs:
+        embedder = setup.embedder(model, cfg, batch_size, crop)
+        started, cpu_started = time.perf_counter(), time.process_time()
+        emb = embedder.extract(timed)
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        alone = emb if alone is None else alone
+        drift = max(float(np.abs(emb[k] - alone[k]).max()) for k in timed)
+        speed.append(f"| {name} | {seconds / wall:.1f} | {wall:.0f} | {seconds / cpu:.1f} | "
+                     f"{dropped_audio(embedder, {k: setup.lengths[k] for k in timed})} | {drift:.1e} |")
+        log.info("%s: RTF %.1f", name, seconds / wall)
+    return [f"### Embedding extraction speed: demo test set ({len(timed)} of {len(paths)} files, "
+            f"{seconds / 60:.1f} min of audio)", "",
+            f"{args.model} at its standard size (random weights: the speed does not depend on them), {args.threads} "
+            f"CPU threads, {setup.precision}. RTF = audio seconds per wall second, header and file reading, fbank "
+            "and network included; audio s per CPU s: the same over the process's CPU time (all threads), less "
+            "sensitive to other load on a shared machine. Max diff: largest difference of an embedding component "
+            "to one file at a time.", "",
+            "| extraction | RTF | seconds | audio s per CPU s | audio cut | max diff |", "|---|---|---|---|---|---|",
+            *speed, ""]
+
+
+def extraction_accuracy(setup: ExtractionSetup, trained: tuple) -> list[str]:
+    from evaluation import EvalPlan, evaluate
+    from scoring import Scorer
+
+    accuracy, exact, paths = [], None, setup.trial_list.files
+    for name, batch_size, crop in setup.configs[1:]:  # exact batches are one-at-a-time (max diff above)
+        embedder = setup.embedder(trained[0], trained[1], batch_size, crop)
+        eer = evaluate(embedder, [setup.trial_list], Scorer(), EvalPlan())[0].result.eer
         exact = exact if exact is not None else eer
-        accuracy.append(f"| {name} | {100 * eer:.2f} | {100 * (eer - exact):+.2f} | {cut(batch_size, crop, paths)} |")
+        accuracy.append(f"| {name} | {100 * eer:.2f} | {100 * (eer - exact):+.2f} | "
+                        f"{dropped_audio(embedder, setup.lengths)} |")
         log.info("%s: EER %.2f%%", name, 100 * eer)
-    lines += [f"### EER of the extraction policies: {trained[2]} ({trained[1].model}, C={trained[1].channels or 512}),"
-              f" all {len(paths)} test files, {len(trials)} trials", "",
-              "| extraction | EER % | vs exact (points) | audio cut |", "|---|---|---|---|", *accuracy]
-    return "\n".join(lines) + "\n"
+    return [f"### EER of the extraction policies: {trained[2]} ({trained[1].model}, C={trained[1].channels or 512}),"
+            f" all {len(paths)} test files, {len(setup.trial_list.trials)} trials", "",
+            "| extraction | EER % | vs exact (points) | audio cut |", "|---|---|---|---|", *accuracy]
 
 
 def dropped_audio(run, lengths: dict[str, int]) -> str:

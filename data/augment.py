@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy.signal import fftconvolve
 
 from data.audio import audio_info, load_audio
 from data.corpus import walk_audio
@@ -133,6 +132,8 @@ def reverberate(wave: np.ndarray, rir: np.ndarray, name: str = "impulse response
     energy = float(np.sum(np.square(rir, dtype=np.float64)))
     if energy == 0.0:
         raise UserError(f"{name}: silent impulse response (all samples zero)")
+    from scipy.signal import fftconvolve  # here: importing scipy.signal costs every script 0.7 s
+
     direct = int(np.argmax(np.abs(rir)))
     out = fftconvolve(wave.astype(np.float32), (rir / np.sqrt(energy)).astype(np.float32))  # float32: 1.5x faster
     return out[direct:direct + len(wave)].astype(np.float32)

@@ -8,12 +8,14 @@ A corpus is a list of `Utterance`s, read from either layout real users have:
 Speaker ids (class indices) come from the sorted speaker list, which is stored in every checkpoint.
 
 `load_index` adds each file's length and caches the whole index (see its docstring), so that a corpus of a
-million files is scanned once, not at every start. `save_index` writes the list an experiment trained on
+million files is scanned once, not at every start; `python -m data.corpus ROOT [--rescan]` prints its summary
+(and rebuilds it). `save_index` writes the list an experiment trained on
 (JSON lines) and `load_utterance_list` reads it back.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -28,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data.audio import AUDIO_EXTENSIONS, audio_info
-from utils import UserError, atomic_write_bytes, atomic_write_text
+from data.audio import AUDIO_EXTENSIONS, audio_info, warn_short
+from utils import UserError, atomic_write_bytes, atomic_write_text, read_text, remove_stale_temps, run_main
 
 log = logging.getLogger("voiceprint")
 
@@ -107,16 +109,20 @@ def _path_prefix(root: Path) -> str:
 
 
 def _read_table(path: Path) -> dict[str, str]:
+    """`<utterance-id> <value>` lines; a repeated id is an error naming both lines (Kaldi's tables are maps)."""
     if not path.is_file():
         raise UserError(f"{path}: missing (a Kaldi-style corpus needs wav.scp and utt2spk)")
-    table = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    table, line_of = {}, {}
+    for n, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split(maxsplit=1)
         if len(parts) != 2:
             raise UserError(f"{path}:{n}: expected '<utterance-id> <value>', got {line!r}")
-        table[parts[0]] = parts[1].strip()
+        if parts[0] in table:
+            raise UserError(f"{path}:{n}: utterance id '{parts[0]}' again (first on line {line_of[parts[0]]}); "
+                            f"every id must be unique")
+        table[parts[0]], line_of[parts[0]] = parts[1].strip(), n
     return table
 
 
@@ -157,8 +163,10 @@ def load_index(root: str | Path, sample_rate: int, cache_dir: str | Path | None 
     `cache_dir` (default `$XDG_CACHE_HOME/voiceprint` or `~/.cache/voiceprint`). It is valid while the
     root holds the same sub-folders and every folder below it keeps its mtime (adding, removing or renaming
     a file or folder changes its parent's mtime) or, for a Kaldi folder, while wav.scp and utt2spk keep
-    their mtime and size. Not detected: a file rewritten in place under the same name (its length may be
-    stale) and, for Kaldi, changes to the audio files themselves; pass `rescan=True` after such edits. A
+    their mtime and size. Not detected here: a file rewritten in place under the same name and, for Kaldi,
+    changes to the audio files themselves (checking would cost a stat per file at every start); a training
+    crop then finds the file's length differs from the index's and stops with an error naming the file
+    (data.audio.load_audio's `length`). Rebuild with `rescan=True` (`python -m data.corpus --rescan ROOT`). A
     folder modified less than 2 s before the scan leaves the index uncached (a change in the same clock
     tick as the listing would go unseen); the next start caches it.
 
@@ -174,12 +182,14 @@ def load_index(root: str | Path, sample_rate: int, cache_dir: str | Path | None 
         utts = _read_index_cache(cache, root, sample_rate)
         if utts is not None:
             log.info("%s: %d utterances from the index cache %s", root, len(utts), cache)
+            warn_short({u.path: u.num_samples for u in utts}, sample_rate, str(root))
             return utts
     started_ns = time.time_ns()
     utts, signature = _scan_with_signature(root)
     log.info("%s: reading the length of %d files", root, len(utts))
     lengths = _read_lengths([u.path for u in utts], sample_rate, workers)
     utts = [dataclasses.replace(u, num_samples=n) for u, n in zip(utts, lengths)]
+    warn_short({u.path: u.num_samples for u in utts}, sample_rate, str(root))
     if any(mtime > started_ns - RACY_NS for mtime, _, _ in signature):
         log.info("%s: modified in the last %d s; index not cached", root, RACY_NS // 10**9)
     else:
@@ -286,9 +296,10 @@ def _write_index_cache(cache: Path, root: Path, sample_rate: int, signature: Seq
     lines += [f"{mtime}\t{size}\t{rel}" for mtime, size, rel in signature]
     lines += [f"{k}\t{p}\t{s}\t{u.num_samples}" for (k, p, s), u in zip(fields, utts)]
     try:
+        remove_stale_temps(cache.parent, recursive=False)
         atomic_write_bytes(cache, ("\n".join(lines) + "\n").encode())
-    except OSError as err:
-        log.warning("%s: cannot write the index cache (%s); the next start rescans", cache, err.strerror)
+    except (OSError, UserError) as err:  # disk full, read-only: the index is only a cache
+        log.warning("%s: cannot write the index cache (%s); the next start rescans", cache, err)
 
 
 # --- speakers, per-speaker cap, label noise ------------------------------------------------------------
@@ -385,3 +396,24 @@ def _utterance_from_json(line: str) -> Utterance | None:
         return None
     typed = all(isinstance(v, str) for v in (u.key, u.path, u.speaker)) and type(u.num_samples) is int
     return u if typed else None
+
+
+# --- command line ----------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> list[Utterance]:
+    """`python -m data.corpus ROOT [--sample-rate N] [--rescan]`: the index's summary; --rescan rebuilds it
+    (after audio files were rewritten in place, which the cache does not notice)."""
+    parser = argparse.ArgumentParser(description="Index a corpus folder (cached beside it) and summarise it.",
+                                     allow_abbrev=False)
+    parser.add_argument("root", help="corpus folder, VoxCeleb or Kaldi layout")
+    parser.add_argument("--sample-rate", type=int, default=16000, help="Hz (default: %(default)s)")
+    parser.add_argument("--rescan", action="store_true", help="ignore the cached index and rebuild it")
+    args = parser.parse_args(argv)
+    utts = load_index(args.root, args.sample_rate, rescan=args.rescan)
+    hours = sum(u.num_samples for u in utts) / args.sample_rate / 3600
+    print(f"{args.root}: {len(utts)} utterances, {len(speakers_of(utts))} speakers, {hours:.2f} h")
+    return utts
+
+
+if __name__ == "__main__":
+    run_main(main)

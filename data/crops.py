@@ -12,7 +12,6 @@ from fractions import Fraction
 
 import numpy as np
 import torch
-from scipy.signal import resample_poly
 
 from data.audio import audio_info, load_audio
 from data.corpus import Utterance
@@ -38,7 +37,7 @@ def random_crop(path: str, num_samples: int, sample_rate: int, rng: np.random.Ge
     """Exactly `num_samples` samples of a file, read from a random offset; short files are wrap-padded."""
     length = audio_info(path, sample_rate) if length is None else length
     start, stop = crop_bounds(length, num_samples, rng)
-    return wrap_pad(load_audio(path, sample_rate, start, stop), num_samples)
+    return wrap_pad(load_audio(path, sample_rate, start, stop, length), num_samples)  # length: a stale index errs
 
 
 SPEEDS = (1.0, 0.9, 1.1)  # speed perturbation factors; class of (speaker i, speed j) = i * len(SPEEDS) + j
@@ -60,6 +59,8 @@ def speed_perturb(wave: np.ndarray, factor: float) -> np.ndarray:
     """Play `wave` `factor` times faster (tempo and pitch, like sox `speed`): ceil(len * up / down) samples."""
     if factor == 1.0:
         return wave
+    from scipy.signal import resample_poly  # here: importing scipy.signal costs every script 0.7 s
+
     up, down = _speed_ratio(factor)
     return resample_poly(wave, up, down).astype(np.float32)
 

@@ -13,7 +13,7 @@ A crop of an .npy file reads only its samples (a memory map), where a .wav crop 
 with libsndfile and a .flac crop for decoding (see bench/bench_data.py for measured numbers).
 
 Resumable: files already in DST are skipped; each file is written to a temporary name and renamed, so a
-killed run leaves no partial .npy behind (only an ignored `.<name>.*.tmp` at worst). An unreadable input is a
+killed run leaves no partial .npy behind (only a `.<name>.*.tmp`, removed by the next run). An unreadable input is a
 one-line error naming it; with --skip-bad it is logged, left out (and out of the Kaldi tables), and listed in
 DST/bad_files.txt.
 """
@@ -36,7 +36,7 @@ import numpy as np
 from config import Config
 from data.audio import AudioError, load_audio
 from data.corpus import Utterance, scan_corpus
-from utils import UserError, atomic_write_bytes, run_main
+from utils import UserError, atomic_write_bytes, remove_stale_temps, run_main
 
 log = logging.getLogger("voiceprint")
 
@@ -54,6 +54,9 @@ def prepare_corpus(src: str | Path, dst: str | Path, sample_rate: int, workers: 
     src, dst = Path(src), Path(dst)
     if dst.resolve() == src.resolve() or dst.resolve().is_relative_to(src.resolve()):
         raise UserError(f"{dst}: the destination must lie outside the source corpus {src}")
+    if dst.exists() and not dst.is_dir():
+        raise UserError(f"{dst}: exists and is not a folder; the destination is a folder (created if missing)")
+    remove_stale_temps(dst)  # of an earlier, killed run
     kaldi = (src / "wav.scp").is_file()
     if kaldi and (src / "segments").is_file():
         raise UserError(f"{src / 'segments'}: Kaldi segments are not supported (training reads whole files); "
@@ -155,19 +158,29 @@ def to_int16(wave: np.ndarray) -> np.ndarray:
     return np.clip(np.round(wave * 32768.0), -32768, 32767).astype(np.int16)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
-    parser.add_argument("src", help="corpus folder: <speaker>/.../<file>.wav|.flac|.npy, or wav.scp + utt2spk")
-    parser.add_argument("dst", help="output folder (created; files already there are kept)")
+def add_conversion_flags(parser: argparse.ArgumentParser) -> None:
+    """--sample-rate, --workers and --skip-bad, shared with data/recipes.py; `check_conversion_flags` after
+    parsing."""
     parser.add_argument("--sample-rate", type=int, default=Config.sample_rate,
                         help="Hz; must match training's --sample-rate (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="conversion processes (default: %(default)s, the CPU count)")
     parser.add_argument("--skip-bad", action="store_true",
-                        help="log and skip unreadable files (listed in DST/bad_files.txt) instead of stopping")
-    args = parser.parse_args(argv)
+                        help="log and skip unreadable files (listed in bad_files.txt) instead of stopping")
+
+
+def check_conversion_flags(args: argparse.Namespace) -> None:
     if args.sample_rate <= 0 or args.workers <= 0:
         raise UserError("--sample-rate and --workers must be > 0")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser.add_argument("src", help="corpus folder: <speaker>/.../<file>.wav|.flac|.npy, or wav.scp + utt2spk")
+    parser.add_argument("dst", help="output folder (created; files already there are kept)")
+    add_conversion_flags(parser)
+    args = parser.parse_args(argv)
+    check_conversion_flags(args)
     result = prepare_corpus(args.src, args.dst, args.sample_rate, args.workers, args.skip_bad)
     log.info("%s: %d converted, %d already there, %d skipped", args.dst, result.converted, result.existing,
              len(result.bad))

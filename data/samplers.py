@@ -1,6 +1,8 @@
 """Batch samplers of (item, seed) pairs: `EpochSampler` (a random permutation) and `BalancedSampler`
 (speaker-balanced batches). Each is a function of (seed, epoch) alone and shards batches disjointly across
-DDP ranks; the per-item seed drives that item's crop (data/crops.py `TrainDataset`).
+DDP ranks; the per-item seed drives that item's crop (data/crops.py `TrainDataset`). `set_epoch(epoch,
+start_batch)` resumes an epoch at one of its batches: the batches after it are those of the whole epoch, and
+`len()` stays the epoch's count of batches per rank.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ class EpochSampler(torch.utils.data.Sampler):
                             f"x {world_size} process(es); lower --batch-size")
         self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
         self.rank, self.world_size = rank, world_size
-        self.epoch = 0
+        self.epoch, self.start_batch = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch; `start_batch` skips this rank's first batches (resuming mid-epoch)."""
+        self.epoch, self.start_batch = epoch, start_batch
 
     def __len__(self) -> int:
         return self.num_items // (self.batch_size * self.world_size)
@@ -36,7 +39,7 @@ class EpochSampler(torch.utils.data.Sampler):
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(self.num_items)
         seeds = rng.integers(0, 2**63 - 1, size=self.num_items)
-        for b in range(len(self)):
+        for b in range(self.start_batch, len(self)):
             first = (b * self.world_size + self.rank) * self.batch_size
             yield [(int(i), int(seeds[i])) for i in order[first:first + self.batch_size]]
 
@@ -79,10 +82,11 @@ class BalancedSampler(torch.utils.data.Sampler):
                             f"{batch_size} x {world_size} process(es); lower --batch-size")
         self.batch_size, self.per_speaker, self.seed = batch_size, per_speaker, seed
         self.rank, self.world_size = rank, world_size
-        self.epoch = 0
+        self.epoch, self.start_batch = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch; `start_batch` skips this rank's first batches (resuming mid-epoch)."""
+        self.epoch, self.start_batch = epoch, start_batch
 
     def __len__(self) -> int:
         return self.num_batches // self.world_size
@@ -92,7 +96,7 @@ class BalancedSampler(torch.utils.data.Sampler):
         batches = self._deal(self._kept_groups(rng), rng)  # (num_batches, speakers_per_batch, N) items
         order = rng.permutation(self.num_batches)
         seeds = rng.integers(0, 2**63 - 1, size=(self.num_batches, self.batch_size))
-        for b in range(len(self)):
+        for b in range(self.start_batch, len(self)):
             chosen = order[b * self.world_size + self.rank]
             yield [(int(i), int(s)) for i, s in zip(batches[chosen].ravel(), seeds[chosen])]
 

@@ -14,8 +14,9 @@ from models.resnet import resnet18, resnet34
 if TYPE_CHECKING:  # config imports this registry to validate `model`
     from config import Config
 
-# Each entry takes (*, n_mels, embed_dim, channels); None = the architecture's standard size
-# (embed_dim 192 ECAPA / 256 ResNet; channels = ECAPA's C or the ResNet base width).
+# Each entry takes (*, n_mels, embed_dim, channels, stats_variance); None = the architecture's standard size
+# (embed_dim 192 ECAPA / 256 ResNet; channels = ECAPA's C or the ResNet base width); stats_variance: one of
+# pooling.VARIANCES.
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "ecapa_tdnn": ecapa_tdnn,  # C=512, 6.2 M parameters
     "ecapa_tdnn_c1024": ecapa_tdnn_c1024,  # C=1024, 14.7 M
@@ -24,13 +25,15 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_model(name: str, *, n_mels: int, embed_dim: int | None = None, channels: int | None = None) -> nn.Module:
+def build_model(name: str, *, n_mels: int, embed_dim: int | None = None, channels: int | None = None,
+                stats_variance: str = "population") -> nn.Module:
     """The network registered as `name`; embed_dim / channels None = that architecture's standard."""
     if name not in MODELS:
         raise ValueError(f"unknown model '{name}'; choose one of: {', '.join(MODELS)}")
-    return MODELS[name](n_mels=n_mels, embed_dim=embed_dim, channels=channels)
+    return MODELS[name](n_mels=n_mels, embed_dim=embed_dim, channels=channels, stats_variance=stats_variance)
 
 
 def model_from_config(cfg: Config) -> nn.Module:
     """The network a config describes (0 for channels or embed_dim = the architecture's standard)."""
-    return build_model(cfg.model, n_mels=cfg.n_mels, embed_dim=cfg.embed_dim or None, channels=cfg.channels or None)
+    return build_model(cfg.model, n_mels=cfg.n_mels, embed_dim=cfg.embed_dim or None, channels=cfg.channels or None,
+                       stats_variance=cfg.stats_variance)

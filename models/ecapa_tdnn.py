@@ -97,7 +97,8 @@ class EcapaTdnn(nn.Module):
     """fbank (B, T, n_mels) -> embedding (B, embed_dim). Any T >= 1 frame; T >= 50 (0.5 s) is sensible."""
 
     def __init__(self, n_mels: int, channels: int = 512, embed_dim: int = 192, mfa_channels: int = 1536,
-                 res2_scale: int = 8, se_bottleneck: int = 128, attention_channels: int = 128):
+                 res2_scale: int = 8, se_bottleneck: int = 128, attention_channels: int = 128,
+                 stats_variance: str = "population"):
         super().__init__()
         self.embed_dim = embed_dim
         self.stem = ConvReluBn(n_mels, channels, kernel_size=5)
@@ -106,7 +107,8 @@ class EcapaTdnn(nn.Module):
         # Multi-layer feature aggregation: 1536 channels whatever C, as in the paper's figure 2 (wespeaker
         # uses 3C, which gives 20.8 M parameters at C=1024 instead of the paper's 14.7 M).
         self.aggregate = nn.Conv1d(3 * channels, mfa_channels, kernel_size=1)
-        self.pool = AttentiveStatsPooling(mfa_channels, attention_channels, global_context=True)
+        self.pool = AttentiveStatsPooling(mfa_channels, attention_channels, global_context=True,
+                                          unbiased=stats_variance == "unbiased")
         self.pool_norm = nn.BatchNorm1d(2 * mfa_channels)
         self.embed = nn.Linear(2 * mfa_channels, embed_dim)
         self.embed_norm = nn.BatchNorm1d(embed_dim)
@@ -128,13 +130,15 @@ class EcapaTdnn(nn.Module):
 
 # --- named sizes: the MODELS entries (n_mels from the features; None = the paper's size) -------------------
 
-def ecapa_tdnn(*, n_mels: int, embed_dim: int | None = None, channels: int | None = None) -> EcapaTdnn:
+def ecapa_tdnn(*, n_mels: int, embed_dim: int | None = None, channels: int | None = None,
+               stats_variance: str = "population") -> EcapaTdnn:
     """The paper's small model: C=512, 192-d embedding, 6.2 M parameters."""
     return EcapaTdnn(n_mels, channels=512 if channels is None else channels,
-                     embed_dim=192 if embed_dim is None else embed_dim)
+                     embed_dim=192 if embed_dim is None else embed_dim, stats_variance=stats_variance)
 
 
-def ecapa_tdnn_c1024(*, n_mels: int, embed_dim: int | None = None, channels: int | None = None) -> EcapaTdnn:
+def ecapa_tdnn_c1024(*, n_mels: int, embed_dim: int | None = None, channels: int | None = None,
+                     stats_variance: str = "population") -> EcapaTdnn:
     """The paper's large model: C=1024, 192-d embedding, 14.7 M parameters."""
     return EcapaTdnn(n_mels, channels=1024 if channels is None else channels,
-                     embed_dim=192 if embed_dim is None else embed_dim)
+                     embed_dim=192 if embed_dim is None else embed_dim, stats_variance=stats_variance)

@@ -2,6 +2,14 @@
 
 - `StatsPooling`: mean and standard deviation over time, as in the x-vector (Snyder et al., ICASSP 2018) and
   the "temporal statistics pooling" of the ResNet recipes (wespeaker TSTP, voxceleb_trainer SAP-less ResNets).
+
+The variance over time of the unweighted statistics (StatsPooling, and AttentiveStatsPooling's global context)
+is a model option (config `stats_variance`, one of VARIANCES): "population" divides the squared deviations by T
+(this project's default, defined for T = 1) and floors the variance at VARIANCE_FLOOR before the square root;
+"unbiased" divides by T - 1 (torch.var's default) and takes sqrt(var + 1e-7): wespeaker's TSTP pooling, term
+for term, so that a model converted from wespeaker (models/wespeaker.py) gives its outputs -- the floor
+matters as much as the divisor there, wherever a channel is silent over time (var 0: std 3.2e-3 against
+wespeaker's 3.2e-4). The divisors differ by a factor T / (T - 1); with T = 1, "unbiased" uses T.
 - `AttentiveStatsPooling`: attentive statistics pooling (Okabe et al., Interspeech 2018) with the channel- and
   context-dependent attention of ECAPA-TDNN (Desplanques et al., Interspeech 2020, section 2.3).
 
@@ -23,6 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 VARIANCE_FLOOR = 1e-5  # clamp on the variance before sqrt: std >= 3.2e-3, a finite gradient at var = 0
+VARIANCES = ("population", "unbiased")  # estimators of the variance over time (module docstring)
+UNBIASED_EPSILON = 1e-7  # added to the unbiased variance under the square root, as wespeaker's TSTP does
 
 
 def floored_std(var: Tensor) -> Tensor:
@@ -30,12 +40,21 @@ def floored_std(var: Tensor) -> Tensor:
     return var.clamp(min=VARIANCE_FLOOR).sqrt()
 
 
-def mean_and_variance(x: Tensor, keepdim: bool = False) -> tuple[Tensor, Tensor]:
-    """Mean and population variance (correction=0) over the last axis, in x's dtype: torch.var_mean's
-    values (up to rounding) in two passes, mean then mean squared deviation -- as stable, and several times
-    faster on the CPU than var_mean's Welford reduction over the last axis."""
+def unweighted_std(var: Tensor, unbiased: bool) -> Tensor:
+    """The std of the unweighted statistics from mean_and_variance's `var`: floored (population) or
+    sqrt(var + UNBIASED_EPSILON) (unbiased, wespeaker's); var >= 0 there (a mean of squares)."""
+    return (var + UNBIASED_EPSILON).sqrt() if unbiased else floored_std(var)
+
+
+def mean_and_variance(x: Tensor, keepdim: bool = False, unbiased: bool = False) -> tuple[Tensor, Tensor]:
+    """Mean and variance over the last axis, in x's dtype: population (correction=0) or, with `unbiased`,
+    correction=1 when T > 1 -- torch.var_mean's values (up to rounding) in two passes, mean then mean squared
+    deviation: as stable, and several times faster on the CPU than var_mean's Welford reduction."""
     mean = x.mean(dim=-1, keepdim=True)
     var = (x - mean).square().mean(dim=-1, keepdim=keepdim)
+    frames = x.shape[-1]
+    if unbiased and frames > 1:
+        var = var * (frames / (frames - 1))
     return (mean if keepdim else mean.squeeze(-1)), var
 
 
@@ -45,14 +64,17 @@ class StatsPooling(nn.Module):
     (B, C, T) -> (B, 2C); (B, C, F, T) -> (B, 2CF), ordered [mean over (C, F) row-major, std likewise], the
     same order as wespeaker's TSTP. Reducing over the last axis of the 4-D map (instead of first reshaping it
     to (B, CF, T)) keeps a channels_last input from being copied: only the small (B, C, F) results are.
+    `unbiased`: the variance estimator (module docstring).
     """
+
+    def __init__(self, unbiased: bool = False):
+        super().__init__()
+        self.unbiased = unbiased
 
     def forward(self, x: Tensor) -> Tensor:  # x: (B, ..., T)
         with torch.autocast(x.device.type, enabled=False):
-            # Population variance (correction=0), unlike wespeaker's unbiased torch.var: it is defined for a
-            # single frame (T = 1 after striding) and differs from the unbiased one by a factor T/(T-1) only.
-            mean, var = mean_and_variance(x.float())  # (B, ...) each
-            return torch.cat((mean.flatten(1), floored_std(var).flatten(1)), dim=1)  # (B, 2 * prod(...))
+            mean, var = mean_and_variance(x.float(), unbiased=self.unbiased)  # (B, ...) each
+            return torch.cat((mean.flatten(1), unweighted_std(var, self.unbiased).flatten(1)), dim=1)  # (B, 2 * prod)
 
 
 class AttentiveStatsPooling(nn.Module):
@@ -73,10 +95,12 @@ class AttentiveStatsPooling(nn.Module):
     W and V in float32 (batch 64 x 200 frames, C = 1536; measured on a 2-core AVX-512 CPU).
     """
 
-    def __init__(self, channels: int, attention_channels: int = 128, global_context: bool = True):
+    def __init__(self, channels: int, attention_channels: int = 128, global_context: bool = True,
+                 unbiased: bool = False):
         super().__init__()
         self.channels = channels
         self.global_context = global_context
+        self.unbiased = unbiased  # the global context's variance estimator (module docstring)
         context = 3 * channels if global_context else channels
         self.attention_in = nn.Conv1d(context, attention_channels, kernel_size=1)  # W, b
         self.attention_norm = nn.BatchNorm1d(attention_channels)
@@ -102,7 +126,8 @@ class AttentiveStatsPooling(nn.Module):
         # frame, so they are computed once per utterance and broadcast over T, instead of concatenating a
         # (B, 3C, T) tensor. Same weights (a Conv1d(3C, A), state_dict-compatible), a third of the FLOPs.
         with torch.autocast(x.device.type, enabled=False):
-            mean, var = mean_and_variance(x32, keepdim=True)  # (B, C, 1) each, float32
+            mean, var = mean_and_variance(x32, keepdim=True, unbiased=self.unbiased)  # (B, C, 1) each, float32
         w_frame, w_mean, w_std = self.attention_in.weight.split(self.channels, dim=1)  # (A, C, 1) each
-        context = F.conv1d(mean, w_mean, self.attention_in.bias) + F.conv1d(floored_std(var), w_std)  # (B, A, 1)
+        std = unweighted_std(var, self.unbiased)  # (B, C, 1)
+        context = F.conv1d(mean, w_mean, self.attention_in.bias) + F.conv1d(std, w_std)  # (B, A, 1)
         return F.conv1d(x, w_frame) + context  # (B, A, T)

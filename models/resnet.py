@@ -55,7 +55,8 @@ class ResNet(nn.Module):
     outputs are those of the NCHW network, up to float rounding.
     """
 
-    def __init__(self, n_mels: int, blocks: tuple[int, int, int, int], channels: int = 32, embed_dim: int = 256):
+    def __init__(self, n_mels: int, blocks: tuple[int, int, int, int], channels: int = 32, embed_dim: int = 256,
+                 stats_variance: str = "population"):
         super().__init__()
         self.embed_dim = embed_dim
         self.stem = nn.Sequential(nn.Conv2d(1, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
@@ -68,7 +69,7 @@ class ResNet(nn.Module):
                        for i in range(count)]
             in_channels, freq = width, -(-freq // stride)  # a stride-2, pad-1 3x3 conv gives ceil(F / 2)
         self.stages = nn.Sequential(*stages)
-        self.pool = StatsPooling()
+        self.pool = StatsPooling(unbiased=stats_variance == "unbiased")
         # wespeaker sizes this int(n_mels / 8) * 8w, which is wrong when n_mels is not a multiple of 8.
         self.embed = nn.Linear(2 * in_channels * freq, embed_dim)
         self.to(memory_format=torch.channels_last)  # the 4-D convolution weights only
@@ -81,13 +82,15 @@ class ResNet(nn.Module):
 
 # --- named sizes: the MODELS entries (n_mels from the features; None = the recipe's size) ------------------
 
-def resnet18(*, n_mels: int, embed_dim: int | None = None, channels: int | None = None) -> ResNet:
+def resnet18(*, n_mels: int, embed_dim: int | None = None, channels: int | None = None,
+             stats_variance: str = "population") -> ResNet:
     """ResNet18, base width 32, 256-d embedding (4.1 M parameters for 80 mels)."""
     return ResNet(n_mels, (2, 2, 2, 2), channels=32 if channels is None else channels,
-                  embed_dim=256 if embed_dim is None else embed_dim)
+                  embed_dim=256 if embed_dim is None else embed_dim, stats_variance=stats_variance)
 
 
-def resnet34(*, n_mels: int, embed_dim: int | None = None, channels: int | None = None) -> ResNet:
+def resnet34(*, n_mels: int, embed_dim: int | None = None, channels: int | None = None,
+             stats_variance: str = "population") -> ResNet:
     """ResNet34, base width 32, 256-d embedding (6.63 M parameters for 80 mels)."""
     return ResNet(n_mels, (3, 4, 6, 3), channels=32 if channels is None else channels,
-                  embed_dim=256 if embed_dim is None else embed_dim)
+                  embed_dim=256 if embed_dim is None else embed_dim, stats_variance=stats_variance)

@@ -47,10 +47,11 @@ def test_cuda_embeddings_match_cpu(tiny_corpus, tmp_path):
 
 def test_nccl_ddp_single_gpu(tiny_corpus, tmp_path):
     """torchrun with one process per GPU and nccl (one GPU here: the process group, DDP wrapping, the shard
-    and replica checks all run through nccl)."""
+    and replica checks, the mid-epoch checkpoint and the shared validation and test all run through nccl)."""
     root = Path(__file__).resolve().parents[1]
     count = torch.cuda.device_count()
-    args = tiny_train_args(tiny_corpus, tmp_path, "ddp", "--epochs", "1", "--batch-size", "4", "--device", "cuda")
+    args = tiny_train_args(tiny_corpus, tmp_path, "ddp", "--epochs", "1", "--batch-size", "4", "--device", "cuda",
+                           "--checkpoint-every", "2")  # the mid-epoch gather of the running totals, over nccl
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={count}",
                            "--standalone", str(root / "train.py"), *args], cwd=root,
                           env=subprocess_env(),

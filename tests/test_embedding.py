@@ -125,3 +125,32 @@ def test_embedding_cache_embeds_each_file_once(tmp_path, tiny, monkeypatch):
 def test_an_embedder_takes_its_sample_rate_and_frames_from_the_front_end(tiny):
     e = embedder(tiny)
     assert e.sample_rate == SR and e.frames(19200) == 118 and e.frames(100) == embedding.MIN_EVAL_FRAMES
+
+
+def test_the_embedding_store_adds_shards_and_reads_back_only_what_is_asked(tmp_path, monkeypatch):
+    monkeypatch.setattr(embedding, "STORE_CHUNK_ROWS", 1)  # every row its own chunk, read and written
+    store = embedding.EmbeddingStore(tmp_path / "best-abc")
+    rows = np.arange(12, dtype=np.float32).reshape(4, 3)
+    store.append({("a", "x/a.wav"): rows[0], ("b", "x/b.wav"): rows[1]}, {"version": 1})
+    first = sorted(p.name for p in store.folder.iterdir())
+    store.append({("a", "y/a.wav"): rows[2], ("c", "x/c.wav"): rows[3]}, {"version": 1})
+    assert set(first) <= set(p.name for p in store.folder.iterdir())  # an addition never rewrites a shard
+    assert len(store.shards()) == 2 and store.entries()[2:] == [("a", "y/a.wav"), ("c", "x/c.wav")]
+    found = store.read({"a": "x/a.wav", "c": "x/c.wav", "d": "x/d.wav"})
+    assert found.keys() == {"a", "c"} and np.array_equal(found["a"], rows[0]) and found["a"].dtype == np.float32
+    assert np.array_equal(store.read({"a": "y/a.wav"})["a"], rows[2])  # the key's other file: its own entry
+    store.append({("b", "x/b.wav"): rows[3]}, {"version": 1})
+    assert np.array_equal(store.read({"b": "x/b.wav"})["b"], rows[3])  # a later shard wins
+    orphan = store.folder / "shard-000009-dead.npy"  # killed before its index was written: not a shard
+    np.save(orphan, rows)
+    assert len(store.shards()) == 3 and store.read({"c": "x/c.wav"}).keys() == {"c"}
+    with pytest.raises(ValueError, match="tab or newline"):
+        store.append({("a\tb", "p"): rows[0]}, {})
+    big = embedding.EmbeddingStore(tmp_path / "big")
+    many = np.random.default_rng(0).standard_normal((50, 3)).astype(np.float32)
+    big.append({(f"k{i}", f"p{i}"): row for i, row in enumerate(many)}, {})
+    monkeypatch.setattr(embedding, "STORE_CHUNK_ROWS", 7)
+    picks = [3, 4, 20, 49, 0]
+    found = big.read({f"k{i}": f"p{i}" for i in picks})
+    assert all(np.array_equal(found[f"k{i}"], many[i]) for i in picks)
+    assert np.array_equal(np.load(big.shards()[0].with_suffix(".npy")), many)  # a plain .npy

@@ -2,6 +2,7 @@
 `python inference.py --checkpoint RUN` on the same run."""
 
 import csv
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -10,17 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 import train
+from config import build_config
 from data.features import frontend_from_config
 from data.trials import read_trials
 from embedding import Embedder, Extraction
-from evaluation import EvalPlan, evaluate, load_trial_lists
+from evaluation import EvalPlan, evaluate, evaluate_checkpoint, load_trial_lists
 from metrics import compute_eer, compute_min_dcf
 from runs import load_trained
 from scoring import Scorer
-from tests.conftest import subprocess_env, tiny_train_args
+from tests.conftest import make_cnceleb, subprocess_env, tiny_train_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,3 +74,67 @@ def test_train_results_equal_inference_on_the_same_run(tiny_corpus, tmp_path):
 
 def recorded_precision(report: dict) -> str:
     return report["precision"]
+
+
+def test_cnceleb_enrolment_models_scored_and_reported(tiny_corpus, trained_run, tmp_path):
+    """A CN-Celeb list (trials.lst + enroll.map, files under data/ and eval/) through the one evaluation path:
+    mean_embedding scores the cosine against the normalised mean of the model's file embeddings, score_average
+    the mean of the files' cosines; evaluate() takes it beside a VoxCeleb list, evaluate_checkpoint reports it
+    like any other list."""
+    waves = {d.name: [sf.read(p, dtype="float32")[0] for p in sorted(d.rglob("*.wav"))]
+             for d in sorted((tiny_corpus / "test/wav").iterdir())}
+    root = make_cnceleb(tmp_path / "CN-Celeb_flac", waves, sorted(waves))
+    cn_list = str(root / "eval/lists/trials.lst")
+    trained = load_trained(trained_run / "checkpoints/best.pt")
+    embedder = Embedder(trained.model, frontend_from_config(trained.cfg), torch.device("cpu"), "fp32")
+    [cn] = load_trial_lists([cn_list], str(root))
+    vox = load_trial_lists([str(tiny_corpus / "test/trials.txt")], str(tiny_corpus / "test/wav"))[0]
+    emb = embedder.extract(cn.files)
+    expected = {"mean_embedding": [_unit(np.mean([emb[k] for k in cn.models[t.enroll]], axis=0)) @ emb[t.test]
+                                   for t in cn.trials],
+                "score_average": [np.mean([emb[k] @ emb[t.test] for k in cn.models[t.enroll]]) for t in cn.trials]}
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(trained_run / "checkpoints/best.pt", run / "checkpoints/best.pt")
+    for mode, scores in expected.items():
+        rows = evaluate(embedder, [vox, cn], Scorer(), EvalPlan(enroll_mode=mode))
+        assert rows[0].trial_list is vox and rows[1].trial_list is cn
+        np.testing.assert_allclose(rows[1].result.scores, scores, atol=1e-5)
+        cfg = build_config({"test_data": str(root), "test_trials": [cn_list], "bootstrap": 0, "enroll_mode": mode,
+                            "precision": "fp32", "device": "cpu"}, base=dataclasses.asdict(trained.cfg))
+        [row] = evaluate_checkpoint(cfg, run / "checkpoints/best.pt").rows
+        np.testing.assert_allclose(row.result.scores, scores, atol=1e-5)
+    report = json.loads((run / "eval/results.json").read_text())
+    assert report["enroll_mode"] == "score_average" and report["results"][0]["enrolment_models"] == 3
+    assert report["results"][0]["enroll_map"] == str(root / "eval/lists/enroll.map")
+    assert "mean of the enrolment files' scores" in (run / "eval/results.md").read_text()
+    first = (run / "scores/trials.txt").read_text().splitlines()[0].split()
+    assert first[:2] == [cn.trials[0].enroll, cn.trials[0].test] and first[0].endswith("-enroll")
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x)
+
+
+def test_intervals_resample_speakers_by_default_and_say_so(tiny_corpus, trained_run):
+    from evaluation import trial_list_speakers
+
+    trained = load_trained(trained_run / "checkpoints/best.pt")
+    embedder = Embedder(trained.model, frontend_from_config(trained.cfg), torch.device("cpu"), "fp32")
+    [tl] = load_trial_lists([str(tiny_corpus / "test/trials.txt")], str(tiny_corpus / "test/wav"))
+    assert tl.speakers is not None and tl.speakers.num_speakers == 3  # the tiny corpus' test speakers
+    [by_speaker] = evaluate(embedder, [tl], Scorer(), EvalPlan(bootstrap=50))
+    [by_trial] = evaluate(embedder, [tl], Scorer(), EvalPlan(bootstrap=50, bootstrap_unit="trial"))
+    assert by_speaker.result.ci.unit == "speaker" and by_trial.result.ci.unit == "trial"
+    trials = read_trials(tiny_corpus / "test/trials.txt")
+    kaldi_root = tiny_corpus.parent / "kaldi"
+    kaldi_root.mkdir(exist_ok=True)
+    (kaldi_root / "utt2spk").write_text("".join(f"{k.replace('/', '_')} spk{k[:7]}\n"
+                                                for t in trials for k in (t.enroll, t.test)))
+    renamed = [type(t)(t.label, t.enroll.replace("/", "_"), t.test.replace("/", "_")) for t in trials]
+    kaldi = trial_list_speakers(renamed, str(kaldi_root), cnceleb=False)
+    assert kaldi is not None and kaldi.num_speakers == 3
+    assert trial_list_speakers(renamed, str(tiny_corpus), cnceleb=False) is None  # no utt2spk, no folders
+    cn = trial_list_speakers([type(t)(1, "id00800-enroll", "test/id00800-vlog-01-002.wav") for t in trials[:1]],
+                             "", cnceleb=True)
+    assert cn.enroll.tolist() == cn.test.tolist() == [0]

@@ -32,7 +32,7 @@ def common(corpus: Path, exp: Path) -> list[str]:
 
 
 def test_evaluation_writes_every_output(tiny_corpus, run, capsys):
-    caches = set((run / "embeddings").glob("best-*.npz"))  # train.py's final test made one (its precision)
+    caches = set((run / "embeddings").glob("best-*"))  # train.py's final test made one (its precision)
     results = inference.main([
         *common(tiny_corpus, run), "--test-trials", str(tiny_corpus / "test/trials.txt"), str(run / "trials_kaldi.txt"),
         "--score-norm", "none", "asnorm", "--subtract-mean", "--test-durations", "1", "--bootstrap", "50",
@@ -60,7 +60,7 @@ def test_evaluation_writes_every_output(tiny_corpus, run, capsys):
     assert len(lines) == 12 and lines[0].split()[3] in ("0", "1")
     index = (run / "eval/embeddings.txt").read_text().splitlines()
     assert np.load(run / "eval/embeddings.npy").shape[0] == len(index)
-    assert len(set((run / "embeddings").glob("best-*.npz")) - caches) == 2  # full length (fp32), the 1 s test side
+    assert len(set((run / "embeddings").glob("best-*")) - caches) == 2  # full length (fp32), the 1 s test side
 
 
 def test_pair_mode_scores_averages_enrolment_and_decides(tiny_corpus, run, capsys):
@@ -139,3 +139,16 @@ def test_a_flag_the_script_does_not_use_is_a_one_line_error(argv, message):
     proc = subprocess.run([sys.executable, str(ROOT / "inference.py"), *argv], cwd=ROOT, env=subprocess_env(),
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr == f"inference.py: error: {message}\n"
+
+
+def test_pair_mode_score_average_is_the_mean_of_the_enrolment_scores(tiny_corpus, run, capsys):
+    wavs = sorted(str(p) for p in (tiny_corpus / "test/wav").rglob("*.wav"))
+    enroll, tests = wavs[:3], wavs[3:5]
+    results = inference.main([*common(tiny_corpus, run), "--enroll", *enroll, "--test", *tests, "--enroll-mode",
+                              "score_average"])
+    trained = load_trained(run / "checkpoints/best.pt")
+    emb = Embedder(trained.model, frontend_from_config(trained.cfg), torch.device("cpu"), "fp32").extract(
+        dict(zip(wavs[:5], wavs[:5])))
+    for r, path in zip(results, tests):
+        assert r.score == pytest.approx(float(np.mean([emb[e] @ emb[path] for e in enroll])), abs=1e-5)
+    assert "3 file(s), scores averaged" in capsys.readouterr().out

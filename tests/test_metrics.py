@@ -7,6 +7,7 @@ from scipy.interpolate import interp1d
 from scipy.optimize import brentq
 from sklearn.metrics import roc_curve
 
+import metrics
 from metrics import (
     bootstrap_metrics,
     cllr,
@@ -240,3 +241,71 @@ def test_cllr_and_min_cllr_reference_values():
         (np.mean(np.log2(1 + np.exp(-np.array([1.0, 2.0])))) + np.mean(np.log2(1 + np.exp([-1.0, -3.0, 0.0])))) / 2)
     assert min_cllr(np.array([5.0, 4.0, 1.0, 0.0, -1.0]), labels) == 0.0  # separable
     assert min_cllr(np.ones(5), labels) == pytest.approx(1.0)  # all equal: the prior, nothing more
+
+
+# --- speaker bootstrap and paired comparisons -----------------------------------------------------------
+
+def speaker_list(seed: int = 0, speakers: int = 12, trials: int = 600):
+    """Scores with speaker effects, and each trial's two speakers."""
+    rng = np.random.default_rng(seed)
+    effect = rng.normal(0, 0.3, speakers)
+    labels = rng.integers(0, 2, trials)
+    enroll = rng.integers(0, speakers, trials)
+    test = np.where(labels == 1, enroll, (enroll + rng.integers(1, speakers, trials)) % speakers)
+    scores = np.where(labels == 1, 1.0 + effect[enroll], effect[enroll] + effect[test]) + rng.normal(0, 0.5, trials)
+    return scores, labels, metrics.trial_speakers([f"s{i}" for i in enroll], [f"s{i}" for i in test])
+
+
+def test_weighted_metrics_equal_the_metrics_of_the_list_with_trials_repeated():
+    scores, labels, speakers = speaker_list()
+    scores = np.round(scores, 1)  # ties
+    order = np.argsort(-scores, kind="stable")
+    last = np.r_[np.flatnonzero(np.diff(scores[order])), scores.size - 1]
+    weights = metrics._speaker_weights(np.random.default_rng(3), 4, speakers)
+    eer, dcf = metrics._weighted_metrics(order, last, labels.astype(bool), weights, (0.01, 0.05), 1.0, 1.0)
+    for row in range(4):
+        repeat = weights[row].astype(int)
+        expected = metrics.verification_metrics(np.repeat(scores, repeat), np.repeat(labels, repeat))
+        assert eer[row] == pytest.approx(expected.eer.eer, abs=1e-12)
+        assert dcf[0.01][row] == pytest.approx(expected.min_dcf[0.01].min_dcf, abs=1e-9)
+    ones = metrics._weighted_metrics(order, last, labels.astype(bool), np.ones((1, scores.size)), (0.01,), 1.0,
+                                     1.0)[0]
+    assert ones[0] == pytest.approx(metrics.compute_eer(scores, labels).eer, abs=1e-12)
+
+
+def test_speaker_weights_count_copies_of_each_speaker():
+    _, labels, speakers = speaker_list()
+    weights = metrics._speaker_weights(np.random.default_rng(0), 1, speakers)[0]
+    drawn = np.zeros(speakers.num_speakers)
+    for e, t, w in zip(speakers.enroll, speakers.test, weights):
+        if e == t:
+            drawn[e] = w  # a target trial of speaker s: w_s
+    for e, t, w in zip(speakers.enroll, speakers.test, weights):
+        if e != t and drawn[e] and drawn[t]:
+            assert w == drawn[e] * drawn[t]  # a non-target trial of a and b: w_a * w_b
+    trial = metrics._trial_weights(np.random.default_rng(0), 2, labels.astype(bool))
+    assert (trial[:, labels == 1].sum(axis=1) == (labels == 1).sum()).all()
+    assert (trial[:, labels == 0].sum(axis=1) == (labels == 0).sum()).all()
+
+
+def test_speaker_bootstrap_is_wider_than_the_trial_bootstrap_and_seeded():
+    scores, labels, speakers = speaker_list()
+    by_speaker = metrics.speaker_bootstrap(scores, labels, speakers, rounds=200, seed=1)
+    by_trial = metrics.bootstrap_metrics(scores, labels, rounds=200, seed=1)
+    eer = metrics.compute_eer(scores, labels).eer
+    assert by_speaker.unit == "speaker" and by_trial.unit == "trial"
+    assert by_speaker.eer[0] <= eer <= by_speaker.eer[1]
+    assert by_speaker.eer[1] - by_speaker.eer[0] > by_trial.eer[1] - by_trial.eer[0]
+    assert metrics.speaker_bootstrap(scores, labels, speakers, rounds=200, seed=1) == by_speaker
+
+
+@pytest.mark.parametrize("unit", ["speaker", "trial"])
+def test_paired_comparison_verdicts(unit):
+    scores, labels, speakers = speaker_list(trials=1000)
+    noisy = scores + np.random.default_rng(9).normal(0, 1.0, scores.size)
+    spk = speakers if unit == "speaker" else None
+    same = metrics.paired_comparison(scores, scores.copy(), labels, spk, rounds=100)
+    assert same.eer == 0 and same.eer_ci == (0.0, 0.0) and same.verdict == "not resolved" and same.unit == unit
+    better = metrics.paired_comparison(scores, noisy, labels, spk, rounds=100)
+    assert better.eer < 0 and better.eer_ci[1] < 0 and better.verdict == "A better"
+    assert metrics.paired_comparison(noisy, scores, labels, spk, rounds=100).verdict == "B better"

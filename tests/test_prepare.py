@@ -102,7 +102,7 @@ def test_fast_npy_reads_equal_the_audio_reader(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     plain = {"int16": rng.normal(0, 3000, 5000).astype(np.int16),
              "float32": rng.normal(0, 0.1, 5000).astype(np.float32)}
-    other = {"stereo": rng.integers(-99, 99, (5000, 2)).astype(np.int16), "big_endian": np.arange(5000, dtype=">i2"),
+    other = {"mono_2d": rng.integers(-99, 99, (5000, 1)).astype(np.int16), "big_endian": np.arange(5000, dtype=">i2"),
              "int32": np.arange(5000, dtype=np.int32)}  # these take data.audio's path
     cuts = ((0, None), (123, 4000), (4990, 6000))
     expected = {}

@@ -4,7 +4,17 @@ import pytest
 import torch
 
 import train
-from runs import SCHEMA, find_checkpoint, load_checkpoint, load_trained, migrate, run_dir
+from runs import (
+    SCHEMA,
+    epoch_checkpoints,
+    find_checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    load_trained,
+    migrate,
+    run_dir,
+    save_checkpoint,
+)
 from tests.conftest import tiny_train_args
 from utils import UserError
 
@@ -60,3 +70,42 @@ def test_a_new_run_never_overwrites_an_earlier_one(tiny_corpus, tmp_path):
         train.main([*args, "--lr", "0.1"])
     assert (tmp_path / "run/checkpoints/epoch_0001.pt").read_bytes() == before
     assert "lr: 0.1" not in (tmp_path / "run/config.yaml").read_text()
+
+
+def test_a_schema_2_checkpoint_loads_as_taken_at_an_epoch_end(trained_run, tmp_path):
+    state = torch.load(trained_run / "checkpoints/epoch_0001.pt", weights_only=True)
+    assert state["schema"] == SCHEMA and state["mid_epoch"] is None
+    old = {**{k: v for k, v in state.items() if k != "mid_epoch"}, "schema": 2}
+    torch.save(old, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt")["mid_epoch"] is None
+
+
+def test_mid_epoch_checkpoints_sort_between_epochs_and_go_when_their_epoch_ends(tmp_path):
+    def save(epoch: int, step: int = 0, keep: int = 2) -> str:
+        state = {"epoch": epoch, "mid_epoch": {"step": step} if step else None}
+        return save_checkpoint(tmp_path, state, keep, is_best=False).name
+
+    def names() -> list[str]:
+        return sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+
+    assert save(1) == "epoch_0001.pt"
+    assert save(1, step=20) == "epoch_0002-step_000020.pt"  # 20 steps into epoch 2
+    assert latest_checkpoint(tmp_path).name == "epoch_0002-step_000020.pt"
+    save(1, step=40)
+    assert names() == ["epoch_0001.pt", "epoch_0002-step_000040.pt"]  # the newest mid-epoch one only
+    save(2)
+    assert names() == ["epoch_0001.pt", "epoch_0002.pt"] and latest_checkpoint(tmp_path).name == "epoch_0002.pt"
+    assert epoch_checkpoints(tmp_path)[-1].name == "epoch_0002.pt"
+    save(2, step=5, keep=0)
+    save(3, keep=0)
+    assert names() == ["epoch_0001.pt", "epoch_0002.pt", "epoch_0003-step_000005.pt", "epoch_0003.pt"]
+
+
+def test_a_schema_3_checkpoint_loads_with_the_population_variance(trained_run, tmp_path):
+    """Schema 4 added the model option stats_variance: an older checkpoint keeps the estimator it trained with."""
+    state = torch.load(trained_run / "checkpoints/epoch_0001.pt", weights_only=True)
+    assert state["schema"] == SCHEMA == 4 and state["config"]["stats_variance"] == "population"
+    config = {k: v for k, v in state["config"].items() if k != "stats_variance"}
+    torch.save({**state, "config": config, "schema": 3}, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt")["config"]["stats_variance"] == "population"
+    assert load_trained(tmp_path / "old.pt").model.pool.unbiased is False

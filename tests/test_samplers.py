@@ -63,3 +63,18 @@ def test_balanced_sampler_caps_a_dominant_speaker_and_checks_its_arguments():
         BalancedSampler(speaker_of_item, 5, 2, seed=0)
     with pytest.raises(UserError, match="3 training speakers are fewer than the 4"):
         BalancedSampler(speaker_of_item, 8, 2, seed=0)
+
+
+@pytest.mark.parametrize("make", [lambda r: EpochSampler(100, 8, seed=0, rank=r, world_size=2),
+                                  lambda r: BalancedSampler(np.repeat(np.arange(10), 10), 8, 2, seed=0, rank=r,
+                                                            world_size=2)])
+def test_start_batch_resumes_an_epoch_at_the_same_batches(make):
+    """A run resumed mid-epoch (train.py --checkpoint-every) takes exactly the batches it had not reached."""
+    for rank in range(2):
+        sampler = make(rank)
+        sampler.set_epoch(3)
+        whole = list(sampler)
+        sampler.set_epoch(3, start_batch=2)
+        assert list(sampler) == whole[2:] and len(sampler) == len(whole) > 2
+        sampler.set_epoch(3)
+        assert list(sampler) == whole

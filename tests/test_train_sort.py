@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from bench.bench_sort import table
-from train_sort import detection, keep_range, keep_typical, leave_one_out_centroid_scores, percent_range
+from train_sort import (
+    detection,
+    keep_range,
+    keep_typical,
+    leave_one_out_centroid_scores,
+    percent_range,
+    removal_counts,
+)
 from utils import UserError
 
 
@@ -18,7 +25,7 @@ def test_percent_range_accepts_percent_and_fractions_and_rejects_empty():
 
 
 def test_keep_range_exact_boundaries():
-    scores = np.arange(21, dtype=float)  # 0..20: percentile p sits at score p/5
+    scores = np.arange(21, dtype=float)  # 0..20
     np.testing.assert_array_equal(np.flatnonzero(keep_range(scores, 5, 95, 0)), np.arange(1, 20))
     np.testing.assert_array_equal(np.flatnonzero(keep_range(scores, 10, 90, 0)), np.arange(2, 19))
     np.testing.assert_array_equal(np.flatnonzero(keep_range(scores, 0, 90, 0)), np.arange(0, 19))
@@ -27,11 +34,25 @@ def test_keep_range_exact_boundaries():
     assert sorted(shuffled[keep_range(shuffled, 5, 95, 0)]) == list(range(1, 20))
 
 
-def test_keep_range_ties_are_kept_or_dropped_together():
-    scores = np.array([1.0, 1.0, 1.0, 2.0, 3.0, 4.0, 5.0, 5.0])
-    kept = keep_range(scores, 10, 90, 0)
-    assert kept[:3].all()  # the 10th percentile is 1.0: every tied 1.0 stays
-    assert not kept[6:].any() or kept[6:].all()
+@pytest.mark.parametrize("n, low, high, removed", [
+    (30, 5, 95, (1, 2)), (10, 5, 95, (0, 1)), (21, 5, 95, (1, 1)), (20, 0, 90, (0, 2)), (20, 10, 100, (2, 0)),
+    (15, 10, 90, (1, 2)), (7, 0, 80, (0, 1)), (8, 0, 80, (0, 2)),
+])
+def test_removal_counts_remove_the_asked_share(n, low, high, removed):
+    assert removal_counts(n, low, high) == removed
+    assert abs(sum(removed) - n * (low + 100 - high) / 100) <= 0.5  # within half an utterance of the share
+    scores = np.random.default_rng(n).normal(size=n)
+    assert keep_range(scores, low, high, 0).sum() == n - sum(removed)
+
+
+def test_a_lower_bound_above_zero_does_not_always_drop_the_most_typical():
+    scores = np.linspace(1.0, 0.0, 10)  # utterance 0 the most typical
+    assert keep_typical(scores, 5, 95, 0)[0]  # 10 utterances at 5-95: one removed, from the atypical end
+
+
+def test_keep_range_ties_are_broken_by_list_order():
+    scores = np.array([1.0, 1.0, 1.0, 2.0, 3.0, 4.0, 5.0, 5.0, 5.0, 5.0])
+    assert keep_range(scores, 10, 90, 0).tolist() == [False] + [True] * 8 + [False]
 
 
 def test_keep_range_tiny_speakers_keep_min_keep():
