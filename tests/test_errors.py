@@ -401,26 +401,36 @@ def test_disk_full_is_one_line_nothing_torn_and_the_run_resumes(tiny_corpus, tra
 # --- kills: inside every atomic write, every one resumed ------------------------------------------------------
 
 # A tiny 3-epoch run with a final test (no validation: best.pt is written once, in the final epoch), killed
-# with SIGKILL inside each kind of atomic write it makes -- right before the rename, the temporary complete
-# and the target old ("before"), or right after it ("after") -- and at seeded random optimizer steps of
-# epochs 2 and 3; each kill is followed by a restart (--resume once an epoch checkpoint exists). In the order
-# a run reaches them, so that each is still ahead when its process starts. 9 kills, 10 processes: ~35 s of
-# CPU, ~40 s on a quiet 2-core machine. The issue asks for 20 kills at random moments: these are fewer, to
-# keep the suite within minutes, and aimed at every kind of write of a run, which random moments reach only
-# by luck.
-STEP = np.random.default_rng(15).integers(1, 5, size=2)  # of the 4 optimizer steps of an epoch
+# with SIGKILL 20 times: inside each kind of atomic write it makes -- right before the rename, the temporary
+# complete and the target old ("before"), or right after it ("after") -- and at seeded random optimizer steps
+# of each epoch; each kill is followed by a restart (--resume once an epoch checkpoint exists). In the order a
+# run reaches them, so that each is still ahead when its process starts (a count is of that process's own
+# writes: a resumed process rewrites log.csv, and repairs best.pt, before it trains). 20 kills, 21 processes:
+# ~80 s on a quiet 2-core machine.
+STEP = np.random.default_rng(15).integers(1, 5, size=3)  # of the 4 optimizer steps of an epoch
 KILLS = [
-    (".voiceprint_index.*.tsv", 1, "before"),  # the corpus index cache (written as config.yaml and
-    # train_list.jsonl are, around it)
+    ("config.yaml", 1, "before"),  # a fresh start: the run folder's first write
+    (".voiceprint_index.*.tsv", 1, "before"),  # the corpus index cache
+    ("train_list.jsonl", 1, "before"),
+    ("step", int(STEP[0]), "before"),  # in epoch 1, before any checkpoint: a fresh start again
     ("epoch_0001.pt", 1, "before"),
-    ("log.csv", 1, "before"),  # epoch 1's row
-    ("step", int(STEP[0]), "before"),  # in epoch 2 (this process resumes after epoch 1)
-    ("epoch_0002.pt", 1, "after"),
-    ("step", int(STEP[1]), "before"),  # in epoch 3
+    ("epoch_0001.pt", 1, "after"),  # the checkpoint complete, its log row not yet written
+    ("log.csv", 1, "before"),  # a resumed process rewrites log.csv from its checkpoint first
+    ("step", int(STEP[1]), "before"),  # in epoch 2
+    ("epoch_0002.pt", 1, "before"),
+    ("curves.png", 1, "before"),  # epoch 2's curves, after its checkpoint and log
+    ("step", int(STEP[2]), "before"),  # in epoch 3
+    ("epoch_0003.pt", 1, "before"),
     ("best.pt", 1, "before"),  # the final epoch's copy: the resume must rebuild best.pt from best_epoch
+    ("best.pt", 1, "before"),  # ... and a kill inside that repair
     ("shard-*.npy", 1, "before"),  # the embedding cache of the final test (embedding.EmbeddingStore)
-    ("results.json", 2, "before"),  # the run's results.json (the first is eval/results.json; scores before it)
+    ("shard-*.tsv", 1, "before"),  # its index, the shard's array written
+    ("trials.txt", 1, "before"),  # the final test's score file (scores/trials.txt)
+    ("results.json", 1, "before"),  # eval/results.json
+    ("results.md", 1, "before"),  # eval/results.md (exp/results.md, the research log, is appended, not renamed)
+    ("results.json", 2, "before"),  # the run's results.json
 ]
+assert len(KILLS) == 20
 
 
 def kill_at(spec: str) -> None:
