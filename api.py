@@ -10,7 +10,7 @@
 Everything goes through the project's own paths, so the numbers are those `inference.py` gives: the
 checkpoint's config and front end (runs.load_trained), its embedder (evaluation.checkpoint_embedder, with the
 extraction settings of the run: full length by default), and for `verify` inference.py's pair mode
-(`verify_pairs`: the first score_norm's score, the calibration in <run>/eval/calibration.json when one was
+(`pair_results`: the first score_norm's score, the calibration in <run>/eval/calibration.json when one was
 fitted to scores like these, the decision_threshold rule). An array is written to a temporary float32 WAV
 file at its sample rate and read back like any file (the same resampling, padding and batching; lossless).
 Keyword settings are the Config fields inference.py takes (`eval_crops=10`, `score_norm=["asnorm"]`,
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ import torch
 
 from config import SCOPES, Config, ConfigError, build_config, check_model_keys
 from evaluation import checkpoint_embedder
-from inference import verify_pairs
+from inference import pair_results
 from runs import find_checkpoint, load_trained
 from utils import UserError
 
@@ -90,8 +89,8 @@ class SpeakerEmbedder:
 
     def verify(self, a: Audio, b: Audio, sample_rate: int | None = None) -> Verification:
         """Is `b` spoken by the speaker of `a`? Score, calibrated LLR and decision (inference.py's pair mode)."""
-        with self._files([a, b], sample_rate) as (path_a, path_b), contextlib.redirect_stdout(io.StringIO()):
-            [result] = verify_pairs(self.cfg, self.checkpoint, self.embedder, [path_a], [path_b])
+        with self._files([a, b], sample_rate) as (path_a, path_b):
+            [result], _ = pair_results(self.cfg, self.checkpoint, self.embedder, [path_a], [path_b])
         d = result.decision
         return Verification(result.score, d.llr, d.accept, d.rule)
 

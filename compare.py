@@ -121,25 +121,35 @@ def report(a: ScoreFile, b: ScoreFile, result: PairedComparison, names: tuple[st
             "verdict (EER)": result.verdict}
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not argparse's usage dump
         raise UserError(message)
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("a", metavar="RUN_A", help="run folder of system A")
-    parser.add_argument("b", metavar="RUN_B", help="run folder of system B")
+def add_comparison_flags(parser: argparse.ArgumentParser, rounds_help: str = "bootstrap replicates") -> None:
+    """The flags of a paired comparison (which score files, what is resampled), shared with sweep.py;
+    `check_comparison_flags` after parsing."""
     parser.add_argument("--trials", default="", help="trial list name (its score file's stem); default: the first")
     parser.add_argument("--score-norm", default="none", help="none | snorm | asnorm (which score files)")
     parser.add_argument("--unit", default="speaker", choices=("speaker", "trial"), help="what is resampled")
     parser.add_argument("--utt2spk", default="", help="speaker of each trial key, for keys without a folder")
-    parser.add_argument("--rounds", type=int, default=1000, help="bootstrap replicates")
+    parser.add_argument("--rounds", type=int, default=1000, help=rounds_help)
+
+
+def check_comparison_flags(args: argparse.Namespace) -> None:
+    if args.rounds < 1:
+        raise UserError(f"--rounds: must be >= 1, got {args.rounds}")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("a", metavar="RUN_A", help="run folder of system A")
+    parser.add_argument("b", metavar="RUN_B", help="run folder of system B")
+    add_comparison_flags(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--exp-dir", default="exp", help="where comparisons.md, the research log, lives")
     args = parser.parse_args(argv)
-    if args.rounds < 1:
-        raise UserError(f"--rounds: must be >= 1, got {args.rounds}")
+    check_comparison_flags(args)
     return args
 
 

@@ -141,7 +141,9 @@ class Config:
     score_norm: list[str] = field(default_factory=lambda: ["none"])  # none | snorm | asnorm, one result row
     # per entry (scoring.py); pair mode and --calibrate decisions use the first
     cohort_top_n: int = 300  # AS-norm: the N most similar cohort speakers (of each trial side) it averages over
-    cohort_utts_per_speaker: int = 3  # training utterances embedded per cohort speaker (seeded choice, cached)
+    cohort_utts_per_speaker: int = 10  # training utterances per speaker in the cohort and the --subtract-mean
+    # mean: min(this, the speaker's count), a seeded choice, embedded once (cached); 0 = all of them. 10: no
+    # measurable loss against all on the demo, 1/18 of all's files at VoxCeleb2 scale (README; bench_cohort)
     bootstrap: int = 1000  # bootstrap rounds of the 95% confidence intervals of EER and minDCF; 0 = none
     bootstrap_unit: str = "speaker"  # speaker: resample speakers (trials share them: bench/bench_intervals.py
     # measured 93-95 % coverage of a nominal 95 %, against 50-62 % for trial) | trial: resample trials
@@ -219,11 +221,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 POSITIVE = ("sample_rate", "num_frames", "n_mels", "batch_size", "epochs", "lr", "scale", "subcenters",
             "eval_batch_size", "rounds", "frame_length_ms", "frame_shift_ms", "eval_crop_frames", "cohort_top_n",
-            "cohort_utts_per_speaker", "accumulate", "dist_timeout_min")
+            "accumulate", "dist_timeout_min")
 NON_NEGATIVE = ("threads", "keep_checkpoints", "utts_per_speaker", "num_workers", "dither", "freq_masks",
                 "freq_mask_width", "time_masks", "time_mask_width", "channels", "embed_dim", "warmup_epochs",
                 "momentum", "weight_decay", "grad_clip", "max_eval_frames", "min_keep", "margin", "eval_crops",
-                "bootstrap", "checkpoint_every", "average_last")
+                "bootstrap", "checkpoint_every", "average_last", "cohort_utts_per_speaker")
 
 
 def _validate(cfg: Config) -> None:

@@ -312,12 +312,20 @@ def read_train_list(run: Path) -> list:
 
 
 def build_cohort(embedder: Embedder, run: Path, utts_per_speaker: int, seed: int, subtract: bool) -> Cohort:
-    """Embeds (or reads from the cache) `utts_per_speaker` seeded-random training utterances per speaker."""
+    """The cohort (one mean embedding per training speaker) and the mean of --subtract-mean, from the run's
+    training list: min(utts_per_speaker, its count) seeded-random utterances of each speaker (0 = all of them),
+    embedded or read from the cache. The mean is that of these utterances: with a cap, every speaker weighs
+    about alike; with all, each utterance does."""
     utts = cap_per_speaker(read_train_list(run), utts_per_speaker, seed)
-    log.info("cohort: %d utterances of %d training speakers", len(utts), len({u.speaker for u in utts}))
+    log.info("cohort: %d utterances of %d training speakers (%s per speaker)", len(utts),
+             len({u.speaker for u in utts}), cohort_size_text(utts_per_speaker))
     emb = embedder.embed({u.key: u.path for u in utts}, {u.key: u.num_samples for u in utts})
     return make_cohort(np.stack([emb[u.key] for u in utts]), [u.speaker for u in utts], subtract,
                        str(run / "train_list.jsonl"))
+
+
+def cohort_size_text(utts_per_speaker: int) -> str:
+    return "all" if utts_per_speaker <= 0 else f"at most {utts_per_speaker}"
 
 
 def scorer_from_config(cfg: Config, run: Path, embedder: Embedder, norms: Sequence[str]) -> Scorer:
@@ -534,7 +542,8 @@ def report_summary(cfg: Config, ckpt: Path, embedder: Embedder, scorer: Scorer,
         "scoring": "; ".join(f"{n}: {scorer.describe(n)}" for n in cfg.score_norm),
         "enrolment": ENROLL_DESCRIPTIONS[cfg.enroll_mode],
         "cohort": (f"{len(cohort.speakers)} training speakers, {cohort.num_utts} utterances "
-                   f"({cfg.cohort_utts_per_speaker} per speaker at most, seed {cfg.seed})" if cohort else "none"),
+                   f"({cohort_size_text(cfg.cohort_utts_per_speaker)} per speaker, seed {cfg.seed})"
+                   if cohort else "none"),
         "metrics": "EER in % (P_miss = P_fa on the linearly interpolated ROC); minDCF normalised as in the "
                    f"NIST SRE plans, C_miss = C_fa = 1, p_target {', '.join(map(str, P_TARGETS))}",
         "intervals": (f"{100 * CONFIDENCE:g}% bootstrap percentile intervals, {cfg.bootstrap} replicates, "

@@ -86,37 +86,46 @@ def decide(score: float, record: CalibrationRecord | None, how: str, p_target: f
 
 
 def pair_scores(cfg: Config, run: Path, embedder: Embedder, enroll: Sequence[str],
-                tests: Sequence[str]) -> np.ndarray:
+                tests: Sequence[str]) -> tuple[np.ndarray, str]:
     """Each test file's score (first score_norm) against the enrolment files, as cfg.enroll_mode says: against
-    their mean embedding, or the mean of the scores against each."""
+    their mean embedding, or the mean of the scores against each; and how, in words."""
     single = dataclasses.replace(embedder, cache_dir=None)
     enroll_emb = np.stack(list(single.embed({f"enroll:{p}": p for p in enroll}).values()))  # (E, D)
     test_emb = np.stack(list(single.embed({f"test:{p}": p for p in tests}).values()))  # (T, D)
     scorer = scorer_from_config(cfg, run, embedder, cfg.score_norm[:1])
     norm, n_enroll, n_test = cfg.score_norm[0], len(enroll), len(tests)
     if cfg.enroll_mode == "score_average":
-        print(f"enrolment: {n_enroll} file(s), scores averaged; scoring: {scorer.describe(norm)}")
         scores = scorer.score(enroll_emb, test_emb, np.tile(np.arange(n_enroll), n_test),
                               np.repeat(np.arange(n_test), n_enroll), norm)  # (T * E,), test-major
-        return scores.reshape(n_test, n_enroll).mean(axis=1)
+        return (scores.reshape(n_test, n_enroll).mean(axis=1),
+                f"enrolment: {n_enroll} file(s), scores averaged; scoring: {scorer.describe(norm)}")
     enrolment = l2_normalise(enroll_emb.mean(axis=0))[None]  # (1, D)
-    print(f"enrolment: {n_enroll} file(s), embeddings averaged; scoring: {scorer.describe(norm)}")
-    return scorer.score(enrolment, test_emb, np.zeros(n_test, dtype=int), np.arange(n_test), norm)
+    return (scorer.score(enrolment, test_emb, np.zeros(n_test, dtype=int), np.arange(n_test), norm),
+            f"enrolment: {n_enroll} file(s), embeddings averaged; scoring: {scorer.describe(norm)}")
+
+
+def pair_results(cfg: Config, ckpt: Path, embedder: Embedder, enroll: Sequence[str],
+                 tests: Sequence[str]) -> tuple[list[PairResult], str]:
+    """Score, calibrated LLR and decision of each test file against the enrolment (nothing printed; api.py
+    calls this), and how the scores were made, in words."""
+    run, norm = run_dir(ckpt), cfg.score_norm[0]
+    scores, how = pair_scores(cfg, run, embedder, enroll, tests)
+    calibration_file = run / "eval" / "calibration.json"
+    saved = load_calibrations(calibration_file) if calibration_file.is_file() else {}
+    record = matching_calibrations(saved, {norm: scoring_signature(cfg, embedder, norm)}, calibration_file).get(norm)
+    decisions = (decide(float(s), record, cfg.decision_threshold, cfg.decision_p_target, calibration_file)
+                 for s in scores)
+    return [PairResult(path, float(score), d) for path, score, d in zip(tests, scores, decisions)], how
 
 
 def verify_pairs(cfg: Config, ckpt: Path, embedder: Embedder, enroll: Sequence[str],
                  tests: Sequence[str]) -> list[PairResult]:
-    """Score, calibrated LLR and decision of each test file against the enrolment."""
-    run, norm = run_dir(ckpt), cfg.score_norm[0]
-    scores = pair_scores(cfg, run, embedder, enroll, tests)
-    calibration_file = run / "eval" / "calibration.json"
-    saved = load_calibrations(calibration_file) if calibration_file.is_file() else {}
-    record = matching_calibrations(saved, {norm: scoring_signature(cfg, embedder, norm)}, calibration_file).get(norm)
-    results = []
-    for path, score in zip(tests, scores):
-        d = decide(float(score), record, cfg.decision_threshold, cfg.decision_p_target, calibration_file)
-        results.append(PairResult(path, float(score), d))
-        print(f"{path}: score {score:.4f}" + (f"  llr {d.llr:.3f}" if d.llr is not None else "") + f"  {d.rule}")
+    """pair_results, printed: a line on the scoring, then one per test file."""
+    results, how = pair_results(cfg, ckpt, embedder, enroll, tests)
+    print(how)
+    for r in results:
+        d = r.decision
+        print(f"{r.test}: score {r.score:.4f}" + (f"  llr {d.llr:.3f}" if d.llr is not None else "") + f"  {d.rule}")
     return results
 
 

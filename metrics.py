@@ -455,11 +455,13 @@ def verdict(interval: tuple[float, float]) -> str:
     return "A better" if high < 0 else "B better" if low > 0 else "not resolved"
 
 
-def paired_comparison(scores_a: np.ndarray, scores_b: np.ndarray, labels: np.ndarray,
+def paired_replicates(scores_a: np.ndarray, scores_b: np.ndarray, labels: np.ndarray,
                       speakers: TrialSpeakers | None, p_targets: tuple[float, ...] = (0.01, 0.05), *,
-                      rounds: int = 1000, confidence: float = 0.95, seed: int = 0) -> PairedComparison:
-    """The difference of two systems' EER and minDCFs on the same trials, with its percentile interval from
-    replicates that resample the same speakers (or, with `speakers` None, the same trials) for both."""
+                      rounds: int = 1000, seed: int = 0) -> tuple[np.ndarray, dict[float, np.ndarray]]:
+    """EER(A) - EER(B) (rounds,) and minDCF differences {p: (rounds,)} over `rounds` bootstrap replicates that
+    resample the same speakers (or, with `speakers` None, the same trials) for both systems. The replicates
+    depend only on the seed and the trials: another pair of score lists of the same trials, with the same
+    seed, is resampled with the same draws (sweep.py pools seeds this way)."""
     scores_a, labels, _, _ = _trials(scores_a, labels)
     scores_b, _, _, _ = _trials(scores_b, labels)
     if speakers is not None:
@@ -469,10 +471,20 @@ def paired_comparison(scores_a: np.ndarray, scores_b: np.ndarray, labels: np.nda
         draw = functools.partial(_trial_weights, labels=labels)
     a = _replicates(scores_a, labels, draw, p_targets, rounds, seed, 1.0, 1.0)  # the same seed: the same
     b = _replicates(scores_b, labels, draw, p_targets, rounds, seed, 1.0, 1.0)  # replicates for both systems
+    return a[0] - b[0], {p: a[1][p] - b[1][p] for p in p_targets}
+
+
+def paired_comparison(scores_a: np.ndarray, scores_b: np.ndarray, labels: np.ndarray,
+                      speakers: TrialSpeakers | None, p_targets: tuple[float, ...] = (0.01, 0.05), *,
+                      rounds: int = 1000, confidence: float = 0.95, seed: int = 0) -> PairedComparison:
+    """The difference of two systems' EER and minDCFs on the same trials, with its percentile interval from
+    replicates that resample the same speakers (or, with `speakers` None, the same trials) for both."""
+    eer, dcf = paired_replicates(scores_a, scores_b, labels, speakers, p_targets, rounds=rounds, seed=seed)
+    scores_a, labels, _, _ = _trials(scores_a, labels)
     ma, mb = verification_metrics(scores_a, labels, p_targets), verification_metrics(scores_b, labels, p_targets)
-    return PairedComparison(ma.eer.eer - mb.eer.eer, _percentile_interval(a[0] - b[0], confidence),
+    return PairedComparison(ma.eer.eer - mb.eer.eer, _percentile_interval(eer, confidence),
                             {p: ma.min_dcf[p].min_dcf - mb.min_dcf[p].min_dcf for p in p_targets},
-                            {p: _percentile_interval(a[1][p] - b[1][p], confidence) for p in p_targets}, rounds,
+                            {p: _percentile_interval(dcf[p], confidence) for p in p_targets}, rounds,
                             confidence, "trial" if speakers is None else "speaker")
 
 

@@ -12,8 +12,9 @@ Score normalisation (every score starts as the cosine of two L2-normalised embed
     applications", Interspeech 2011; Matejka et al., "Analysis of score normalization in multilingual speaker
     recognition", Interspeech 2017): the same, but each side's statistics come from its top-N highest cohort
     scores only (the N cohort speakers most similar to that side).
-  The cohort is one embedding per training speaker (the mean of a few of its utterances); the standard
-  deviation is the population one (ddof=0).
+  The cohort is one embedding per training speaker (the normalised mean of its utterances' embeddings: min(N,
+  count) seeded-random ones, --cohort-utts-per-speaker N, default 10, 0 = all; evaluation.build_cohort); the
+  standard deviation is the population one (ddof=0).
 
 Calibration (Brummer and du Preez, "Application-independent evaluation of speaker detection", CSL 2006;
 BOSARIS toolkit): an affine map llr = a * score + b from scores to log-likelihood ratios, fitted by logistic

@@ -232,17 +232,6 @@ def append_table_row(path: Path, columns: list[str], row: dict[str, object]) -> 
         os.close(fd)
 
 
-def load_checkpoint(path: Path) -> dict:
-    """Checkpoints are data, not code: loaded with weights_only=True."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such checkpoint")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file: say which, not where in torch it broke
-        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
-
-
 # --- machine --------------------------------------------------------------------------------------------
 
 def configure_malloc() -> bool:

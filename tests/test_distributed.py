@@ -93,7 +93,8 @@ def test_evaluation_shared_over_two_processes_equals_one_process(ddp_run, tmp_pa
     gives the scores and embeddings of inference.py in one process on the same checkpoint."""
     run, proc = ddp_run
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "9 to embed over 2 ranks" in proc.stderr and "18 to embed over 2 ranks" in proc.stderr
+    # 9 test files, then the cohort: every training utterance (6 speakers x 6, under the default of 10 each)
+    assert "9 to embed over 2 ranks" in proc.stderr and "36 to embed over 2 ranks" in proc.stderr
     single = tmp_path / "single"
     shutil.copytree(run, single, ignore=shutil.ignore_patterns("embeddings", "scores", "eval"))
     inference.main(["--checkpoint", str(single), "--threads", "1"])
@@ -102,7 +103,7 @@ def test_evaluation_shared_over_two_processes_equals_one_process(ddp_run, tmp_pa
     [one] = (single / "embeddings").glob("best-*")
     [two] = (run / "embeddings").glob("best-*")
     stored = dict(EmbeddingStore(two).entries())
-    assert len(stored) == 9 + 18 and sorted(EmbeddingStore(one).entries()) == sorted(stored.items())
+    assert len(stored) == 9 + 36 and sorted(EmbeddingStore(one).entries()) == sorted(stored.items())
     a, b = EmbeddingStore(one).read(stored), EmbeddingStore(two).read(stored)
     assert all(np.array_equal(a[k], b[k]) for k in stored)
 

@@ -138,3 +138,47 @@ def test_intervals_resample_speakers_by_default_and_say_so(tiny_corpus, trained_
     cn = trial_list_speakers([type(t)(1, "id00800-enroll", "test/id00800-vlog-01-002.wav") for t in trials[:1]],
                              "", cnceleb=True)
     assert cn.enroll.tolist() == cn.test.tolist() == [0]
+
+
+class KeyEmbedder:
+    """Stands in for an Embedder in build_cohort: a fixed unit vector per key, and the keys it was asked for."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def embed(self, paths: dict[str, str], lengths: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+        self.asked += list(paths)
+        rng = {k: np.random.default_rng(sum(map(ord, k))) for k in paths}
+        return {k: _unit(rng[k].normal(size=8)) for k in paths}
+
+
+def test_cohort_size_zero_means_all_and_negative_is_rejected():
+    from config import ConfigError
+
+    assert build_config({"cohort_utts_per_speaker": 0}).cohort_utts_per_speaker == 0
+    assert build_config({"cohort_utts_per_speaker": 7}).cohort_utts_per_speaker == 7
+    with pytest.raises(ConfigError, match="cohort_utts_per_speaker"):
+        build_config({"cohort_utts_per_speaker": -1})
+
+
+@pytest.mark.parametrize("per_speaker", [1, 3, 4, 0])
+def test_cohort_takes_min_of_n_and_count_utterances_of_each_speaker(tmp_path, per_speaker):
+    from collections import Counter
+
+    from data.corpus import Utterance, save_index
+    from evaluation import build_cohort, scorer_from_config
+
+    counts = {"spk_a": 5, "spk_b": 2, "spk_c": 1, "spk_d": 4}
+    utts = [Utterance(f"{s}/{i}.wav", f"/nowhere/{s}/{i}.wav", s, 16000) for s, n in counts.items() for i in range(n)]
+    save_index(utts, tmp_path / "train_list.jsonl")
+    embedder = KeyEmbedder()
+    cohort = build_cohort(embedder, tmp_path, per_speaker, seed=3, subtract=False)
+    taken = Counter(k.split("/")[0] for k in embedder.asked)
+    assert taken == {s: (n if per_speaker == 0 else min(per_speaker, n)) for s, n in counts.items()}
+    assert cohort.num_utts == sum(taken.values()) and cohort.speakers.shape == (4, 8)
+    emb = embedder.embed({k: "" for k in embedder.asked})
+    assert np.allclose(cohort.mean, np.mean([emb[k] for k in emb], axis=0))  # the mean of the utterances taken
+    cfg = build_config({"cohort_utts_per_speaker": per_speaker, "seed": 3, "subtract_mean": True})
+    embedder.asked = []
+    scorer = scorer_from_config(cfg, tmp_path, embedder, ["none"])  # the config's size reaches the cohort
+    assert scorer.subtract and Counter(k.split("/")[0] for k in embedder.asked) == taken
