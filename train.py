@@ -55,7 +55,15 @@ from data.features import FrontEnd, fbank_options_from_config, frontend_from_con
 from data.samplers import BalancedSampler, EpochSampler
 from distributed import Dist, broadcast, finish_distributed, init_distributed
 from embedding import Embedder, extraction_from_config
-from evaluation import EvalPlan, TrialList, evaluate, evaluate_checkpoint, load_trial_lists, row_record
+from evaluation import (
+    EvalPlan,
+    TrialList,
+    checkpoint_embedder,
+    evaluate,
+    evaluate_checkpoint,
+    load_trial_lists,
+    row_record,
+)
 from loss import MarginSchedule, head_from_config
 from metrics import P_TARGETS
 from models import model_from_config
@@ -65,6 +73,7 @@ from runs import (
     find_resumable,
     latest_checkpoint,
     load_checkpoint,
+    load_trained,
     new_run_dir,
     restore_best,
     save_checkpoint,
@@ -588,14 +597,16 @@ def record_results(run: Path, cfg: Config, num_utts: int, kept: str, d: Dist, ch
     """The final test of `checkpoint` (evaluation.evaluate_checkpoint, as `inference.py --checkpoint FILE` runs
     it; every rank embeds its share of the files): run/results.json, and this run's row appended to
     <exp_dir>/results.md, the research log of every run (rank 0)."""
-    rows = evaluate_checkpoint(cfg, checkpoint).rows if cfg.test_trials else []
+    trained = load_trained(checkpoint)  # once: its model for the test, its epoch for results.json
+    embedder = checkpoint_embedder(cfg, trained.model, checkpoint)
+    rows = evaluate_checkpoint(cfg, checkpoint, embedder).rows if cfg.test_trials else []
     if not d.main:
         return
     for r in rows:
         log.info("test %s %s: EER %.2f%%  minDCF(%g) %.4f", r.trial_list.name, r.result.score_norm,
                  100 * r.result.eer, P_TARGETS[0], r.result.min_dcf[P_TARGETS[0]])
-    epoch = load_checkpoint(checkpoint)["epoch"]
-    atomic_write_text(run / "results.json", json.dumps({"checkpoint": f"checkpoints/{checkpoint.name}", "epoch": epoch,
+    atomic_write_text(run / "results.json", json.dumps({"checkpoint": f"checkpoints/{checkpoint.name}",
+                                                        "epoch": trained.epoch,
                                                         "results": [row_record(r) for r in rows]}, indent=2))
     if rows:
         first = rows[0].result
