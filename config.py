@@ -43,6 +43,10 @@ class Config:
     device: str = "auto"  # auto (cuda when present, else cpu) | cpu | cuda | cuda:N
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; fp16 on CUDA only, with a grad scaler)
     threads: int = 0  # torch intra-op CPU threads; 0 = torch's default (all cores)
+    compile: str = "auto"  # auto | on | off: torch.compile (inductor) of the model's forward. On the 2-core
+    # CPU compiling ECAPA-TDNN's training step took 57-98 s for a step of ~0.7-0.9x eager: auto compiles a training
+    # run where batches x eager step x 0.15 exceeds 100 s (not the 6-epoch demo, yes VoxCeleb), always on CUDA,
+    # and extraction from ~120 h of audio (embedding.EXTRACT_COMPILE). Checkpoints are the same either way
     resume: bool = False  # continue the newest run (or the run named by --name) from its latest checkpoint
     tensorboard: bool = False  # also write each epoch's scalars to <run>/tensorboard/ (pip install tensorboard);
     # <run>/curves.png is drawn either way (curves.py)
@@ -56,6 +60,8 @@ class Config:
     # A data path is a VoxCeleb-style folder (<speaker>/.../<utt>.wav|.flac|.npy) or a Kaldi-style folder
     # holding wav.scp and utt2spk. Trial paths are relative to the matching data folder.
     demo_corpus: str = "corpora/demo"  # generated on first use when a data path points inside it
+    demo_generator: str = "formant"  # which generator makes demo_corpus on first use: formant = data/synth.py,
+    # harmonic = data/synth_harmonic.py
     train_data: str = "corpora/demo/train/wav"
     val_data: str = "corpora/demo/val/wav"
     val_trials: str = "corpora/demo/val/trials.txt"  # "" = no per-epoch validation EER
@@ -65,6 +71,11 @@ class Config:
     num_frames: int = 200  # training crop, in 10 ms frames (200 = 2.015 s)
     utts_per_speaker: int = 0  # cap on training utterances per speaker, chosen by seed; 0 = all
     label_noise: float = 0.0  # fraction of training utterances moved to a random other speaker
+    filter_share: float = 0.0  # in-training filtering: fraction of each speaker's utterances left out per epoch,
+    # those of highest loss in the previous epochs (README "In-training filtering"); 0 = off
+    filter_warmup: int = 2  # epochs trained on everything before filtering starts (epoch warmup + 1 is the first)
+    filter_mode: str = "drop"  # drop (left out of the epoch) | downweight (trained with loss weight filter_weight)
+    filter_weight: float = 0.1  # downweight: the left-out utterances' weight in the batch's mean loss
     num_workers: int = 2  # DataLoader worker processes; 0 = load in the main process
 
     # --- augmentation (waveform domain, training crops only; data/augment.py) ------------------------
@@ -91,6 +102,7 @@ class Config:
     freq_mask_width: int = 8  # maximum width of one frequency mask, in mel bins
     time_masks: int = 2  # time masks per utterance
     time_mask_width: int = 10  # maximum width of one time mask, in frames
+    spec_augment_prob: float = 1.0  # probability that a training crop is masked at all (wespeaker: 0.6)
 
     # --- model and head ---------------------------------------------------------------------------------
     model: str = "ecapa_tdnn"  # a key of models.MODELS
@@ -163,9 +175,16 @@ class Config:
     source: str = ""  # train_sort: the experiment folder whose model ranks the training utterances
     keep: list[float] = field(default_factory=lambda: [5.0, 95.0])  # kept percentile range per speaker,
     # counted from the most typical utterance (0) to the least typical (100): 0 90 drops the least typical 10%
-    sort_by: str = "centroid"  # centroid (leave-one-out mean embedding) | class_weight | loss
+    sort_by: str = "centroid"  # centroid (leave-one-out mean embedding) | class_weight | loss | subcenter (the
+    # dominant sub-centre of a --loss subcenter_aam run's class; Deng et al. 2020)
     min_keep: int = 2  # utterances always kept per speaker, whatever the range
-    rounds: int = 1  # score-trim-retrain rounds
+    rounds: int = 1  # score-trim-retrain rounds at most: a round whose list and labels equal the previous one's stops
+    action: str = "drop"  # the utterances outside the kept range: drop | relabel (those clearly nearer another
+    # speaker's centre move to it, the rest stay) | auto (those move, the rest are dropped)
+    relabel_margin: float = 0.1  # cosine units: cos(another speaker's centre) - cos(own centre) needed to relabel;
+    # 0.1, not 0: an utterance about as near two centres is a coin toss (untuned; bench.bench_sort measures)
+    oracle: str = ""  # "" = off | drop | relabel: ignore the scores; drop exactly the moved utterances of the
+    # source's label_noise.txt, or give them back their true speaker (what a perfect detector would give)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -173,7 +192,7 @@ class Config:
 
 # --- which script uses which keys ----------------------------------------------------------------------
 
-RUN_KEYS = ("exp_dir", "seed", "device", "precision", "threads", "dist_timeout_min")
+RUN_KEYS = ("exp_dir", "seed", "device", "precision", "threads", "compile", "dist_timeout_min")
 MODEL_KEYS = ("model", "channels", "embed_dim", "stats_variance",  # the network's shape...
               "sample_rate", "n_mels", "frame_length_ms", "frame_shift_ms", "window_type", "cmn")  # ...its features
 EVAL_KEYS = ("test_data", "test_trials", "eval_batch_size", "max_eval_frames", "eval_crops", "eval_crop_frames",
@@ -181,7 +200,7 @@ EVAL_KEYS = ("test_data", "test_trials", "eval_batch_size", "max_eval_frames", "
              "bootstrap", "bootstrap_unit", "test_durations", "enroll_mode")
 INFERENCE_ONLY = ("checkpoint", "calibrate", "calibrate_data", "val_data", "decision_p_target", "decision_threshold",
                   "runtime", "onnx_file")
-SORT_KEYS = ("source", "keep", "sort_by", "min_keep", "rounds")
+SORT_KEYS = ("source", "keep", "sort_by", "min_keep", "rounds", "action", "relabel_margin", "oracle")
 
 
 def _train_keys() -> tuple[str, ...]:
@@ -211,21 +230,27 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "precision": ("auto", "fp32", "bf16", "fp16"),
     "window_type": ("hamming", "povey", "hanning", "rectangular"),
     "optimizer": ("adam", "sgd"),
-    "sort_by": ("centroid", "class_weight", "loss"),
+    "sort_by": ("centroid", "class_weight", "loss", "subcenter"),
+    "action": ("drop", "relabel", "auto"),
+    "oracle": ("", "drop", "relabel"),
     "sampler": ("random", "balanced"),
     "decision_threshold": ("bayes", "min_dcf", "eer"),
     "runtime": ("torch", "onnx"),
+    "compile": ("auto", "on", "off"),
     "enroll_mode": ("mean_embedding", "score_average"),
     "stats_variance": ("population", "unbiased"),  # models.pooling.VARIANCES
     "bootstrap_unit": ("speaker", "trial"),
+    "demo_generator": ("formant", "harmonic"),  # data.synth_harmonic.DEMO_GENERATORS
+    "filter_mode": ("drop", "downweight"),
 }
 POSITIVE = ("sample_rate", "num_frames", "n_mels", "batch_size", "epochs", "lr", "scale", "subcenters",
             "eval_batch_size", "rounds", "frame_length_ms", "frame_shift_ms", "eval_crop_frames", "cohort_top_n",
             "accumulate", "dist_timeout_min")
 NON_NEGATIVE = ("threads", "keep_checkpoints", "utts_per_speaker", "num_workers", "dither", "freq_masks",
                 "freq_mask_width", "time_masks", "time_mask_width", "channels", "embed_dim", "warmup_epochs",
-                "momentum", "weight_decay", "grad_clip", "max_eval_frames", "min_keep", "margin", "eval_crops",
-                "bootstrap", "checkpoint_every", "average_last", "cohort_utts_per_speaker")
+                "momentum", "weight_decay", "grad_clip", "max_eval_frames", "min_keep", "relabel_margin",
+                "margin", "eval_crops", "bootstrap", "checkpoint_every", "average_last", "cohort_utts_per_speaker",
+                "filter_warmup")
 
 
 def _validate(cfg: Config) -> None:
@@ -248,6 +273,13 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{key}: must be >= 0, got {getattr(cfg, key)}")
     if not 0.0 <= cfg.label_noise < 1.0:
         raise ConfigError(f"label_noise: must be in [0, 1), got {cfg.label_noise}")
+    if not 0.0 <= cfg.filter_share < 1.0:
+        raise ConfigError(f"filter_share: must be in [0, 1), got {cfg.filter_share}")
+    if not 0.0 <= cfg.filter_weight <= 1.0:
+        raise ConfigError(f"filter_weight: must be in [0, 1], got {cfg.filter_weight}")
+    for key in ("aug_prob", "spec_augment_prob"):
+        if not 0.0 <= getattr(cfg, key) <= 1.0:
+            raise ConfigError(f"{key}: a probability, must be in [0, 1], got {getattr(cfg, key)}")
     if not 0.0 < cfg.lr_decay <= 1.0:
         raise ConfigError(f"lr_decay: must be in (0, 1], got {cfg.lr_decay}")
     if len(cfg.margin_ramp) != 2 or not 0 <= cfg.margin_ramp[0] <= cfg.margin_ramp[1]:

@@ -91,6 +91,7 @@ class Embedder:
     cache_dir: Path | None = None
     checkpoint_name: str = "model"  # the checkpoint's stem, first part of the cache file name
     checkpoint_sha1: str = ""
+    compile: str = "off"  # config `compile` for extraction: auto | on | off (maybe_compile)
 
     @property
     def opts(self) -> FbankOptions:
@@ -146,6 +147,7 @@ class Embedder:
         known = lengths or {}
         lengths = {k: known.get(k) or audio_info(p, self.sample_rate) for k, p in paths.items()}  # bad file: here
         warn_short({paths[k]: n for k, n in lengths.items()}, self.sample_rate, "embedding")
+        self.maybe_compile(sum(lengths.values()) / self.sample_rate)
         crops = self.extraction.crops > 0
         embeddings: dict[str, np.ndarray] = {}
         with tqdm(total=len(paths), unit="file", desc="embedding", disable=None if current().main else True,
@@ -155,6 +157,18 @@ class Embedder:
                 bar.update(len(keys))
         check_finite(embeddings, paths, self.model, self.checkpoint_name)
         return {k: embeddings[k] for k in paths}
+
+    def maybe_compile(self, audio_seconds: float) -> None:
+        """`compile` for extraction: on compiles the model's eval forward with dynamic shapes (batches vary in
+        size and frame count); auto does so where the estimated saving on these `audio_seconds` exceeds the
+        compile (EXTRACT_COMPILE). A runtime of its own (deploy.OnnxEmbedder) has no torch forward to compile."""
+        if self.compile == "off" or type(self).forward is not Embedder.forward or compiled(self.model):
+            return
+        rtf, compile_seconds, ratio = EXTRACT_COMPILE["cuda" if self.device.type == "cuda" else "cpu"]
+        if self.compile == "auto" and not compile_pays(1, audio_seconds / rtf, compile_seconds, ratio):
+            return
+        log.info("embedding: compiling the model (compile %s, %.0f s of audio)", self.compile, audio_seconds)
+        compile_forward(self.model, training=False, dynamic=True)
 
     @torch.no_grad()
     def forward(self, waves: Sequence[np.ndarray]) -> np.ndarray:
@@ -363,3 +377,70 @@ def save_embeddings(embeddings: dict[str, np.ndarray], paths: dict[str, str], fo
         np.save(f, np.stack([embeddings[k] for k in keys]).astype(np.float32))
     atomic_write_text(folder / "embeddings.txt", "".join(f"{k} {paths[k]}\n" for k in keys))
     log.info("embeddings of %d files written to %s/embeddings.npy (+ .txt index)", len(keys), folder)
+
+
+# --- torch.compile: the policy of config `compile`, and a compiled forward that falls back to eager -----------
+
+# Measured on the 2-core CPU (bench/bench_speed.py, README "Speed"; noisy: the machine was shared): inductor
+# compiles ECAPA-TDNN C=512's bf16 training step (batch 64 x 200 frames) in 57-98 s, after which the step took
+# 0.70-0.91x the eager one (issue 16: 0.81x after 80 s), and 1.15x under a load of 9. Taken conservatively:
+CPU_COMPILE_SECONDS = 100.0  # the compile, s
+CPU_COMPILED_RATIO = 0.85  # compiled step / eager step
+# FLOP/s (forward + backward, counted) of the eager training step per precision on that CPU, quiet (README
+# "Speed": ECAPA-TDNN 298 bf16 / 167 fp32 GFLOP/s, ResNet34 388 / 202): a step's time estimated from its FLOPs
+CPU_STEP_FLOPS = {"bf16": 300e9, "fp32": 170e9, "fp16": 170e9}
+# Extraction (read + fbank + model, dynamic shapes), per device type: (eager real-time factor, compile s,
+# compiled / eager time). CPU: 300x eager (bf16), a 102 s compile for 0.93x the time, so auto compiles from
+# ~120 h of audio on (a training-list embedding for train_sort); CUDA: unmeasured here, conservative guesses.
+EXTRACT_COMPILE = {"cpu": (300.0, 100.0, 0.93), "cuda": (20000.0, 60.0, 0.7)}
+
+
+def compile_pays(steps: int, step_seconds: float, compile_seconds: float = CPU_COMPILE_SECONDS,
+                 compiled_ratio: float = CPU_COMPILED_RATIO) -> bool:
+    """Whether compiling repays itself within the run: the time saved over `steps` steps of `step_seconds`
+    (eager) exceeds the compile's."""
+    return steps * step_seconds * (1.0 - compiled_ratio) > compile_seconds
+
+
+class CompiledForward:
+    """A module's forward compiled for one mode (training, or eval) and eager in the other, set as the module's
+    `forward` attribute: the module tree and its state_dict keys stay those of the plain module (no `_orig_mod.`
+    prefix). The first failure of the compiled call (no C++ compiler, an inductor error) logs one line and
+    runs eager from then on; a genuine error in the model then surfaces from the eager call."""
+
+    def __init__(self, module: nn.Module, training: bool, dynamic: bool | None):
+        self.module, self.training, self.eager = module, training, module.forward
+        self.compiled = torch.compile(self.eager, dynamic=dynamic)
+
+    def __call__(self, *args, **kwargs):
+        if self.compiled is None or self.module.training != self.training:
+            return self.eager(*args, **kwargs)
+        try:
+            return self.compiled(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 -- whatever inductor raises, the run goes on eager
+            self.fall_back(err)
+            return self.eager(*args, **kwargs)
+
+    def fall_back(self, err: BaseException) -> None:
+        if self.compiled is not None:
+            log.warning("torch.compile failed (%s: %s); running eager", type(err).__name__,
+                        (str(err).strip().splitlines() or [""])[0][:200])
+        self.compiled = None
+
+
+def compile_forward(module: nn.Module, training: bool, dynamic: bool | None) -> CompiledForward | None:
+    """`module`'s forward compiled for training (True) or eval mode (CompiledForward); None, with one log line,
+    where torch.compile itself is unavailable."""
+    if isinstance(module.forward, CompiledForward):
+        return module.forward
+    try:
+        module.forward = CompiledForward(module, training, dynamic)
+    except Exception as err:  # noqa: BLE001
+        log.warning("torch.compile unavailable (%s: %s); running eager", type(err).__name__, err)
+        return None
+    return module.forward
+
+
+def compiled(module: nn.Module) -> bool:
+    """Whether `module` runs a compiled forward (one that has not fallen back)."""
+    return isinstance(module.forward, CompiledForward) and module.forward.compiled is not None

@@ -297,7 +297,7 @@ def checkpoint_embedder(cfg: Config, model: torch.nn.Module, checkpoint: Path) -
     precision = resolve_precision(cfg.precision, device)
     embedder = Embedder(model.to(device), frontend_from_config(cfg).to(device), device, precision,
                         extraction_from_config(cfg), run_dir(checkpoint) / "embeddings", checkpoint.stem,
-                        file_sha1(checkpoint))
+                        file_sha1(checkpoint), compile=cfg.compile)
     if cfg.runtime == "onnx":  # the same embedder, its forward run by onnxruntime on the checkpoint's export
         return onnx_embedder(cfg, embedder, checkpoint)
     return embedder

@@ -2,9 +2,10 @@
 
 A head owns its class weights (num_speakers x embed_dim) and its margin. Its forward maps
 (embeddings (B, D), labels (B,), margin) to (mean cross-entropy loss, logits (B, num_speakers)); `margin`
-None = the head's own, a number = this step's (the trainer's margin schedule passes it); the returned logits
-carry no margin, so their argmax is the nearest class and the trainer's accuracy does not depend on the
-margin: softmax returns W e + b, the cosine heads return s * cos(theta_j) (scaled, margin-free).
+None = the head's own, a number = this step's (the trainer's margin schedule passes it); `reduction="none"`
+returns each sample's loss (B,) instead of their mean (train.py's in-training filtering records them); the
+returned logits carry no margin, so their argmax is the nearest class and the trainer's accuracy does not
+depend on the margin: softmax returns W e + b, the cosine heads return s * cos(theta_j) (scaled, margin-free).
 Heads compute in float32 even under autocast: a bf16 cosine has 2-3 significant digits, about the size of
 a margin's effect on it.
 
@@ -37,11 +38,11 @@ class SoftmaxHead(nn.Module):
         super().__init__()
         self.classifier = nn.Linear(embed_dim, num_speakers)
 
-    def forward(self, embeddings: Tensor, labels: Tensor,
-                margin: float | None = None) -> tuple[Tensor, Tensor]:  # (B, D), (B,)
+    def forward(self, embeddings: Tensor, labels: Tensor, margin: float | None = None,
+                reduction: str = "mean") -> tuple[Tensor, Tensor]:  # (B, D), (B,)
         with torch.autocast(embeddings.device.type, enabled=False):
             logits = self.classifier(embeddings.float())  # (B, S)
-            return F.cross_entropy(logits, labels), logits
+            return F.cross_entropy(logits, labels, reduction=reduction), logits  # () or, "none", (B,)
 
     def class_centers(self) -> Tensor:
         """(S, D): the L2-normalised weight rows (the bias is left out)."""
@@ -72,8 +73,8 @@ class CosineHead(nn.Module):
     def cosine(self, embeddings: Tensor) -> Tensor:  # (B, D) -> (B, S)
         return F.linear(F.normalize(embeddings, dim=1), F.normalize(self.weight, dim=1))
 
-    def forward(self, embeddings: Tensor, labels: Tensor,
-                margin: float | None = None) -> tuple[Tensor, Tensor]:  # (B, D), (B,)
+    def forward(self, embeddings: Tensor, labels: Tensor, margin: float | None = None,
+                reduction: str = "mean") -> tuple[Tensor, Tensor]:  # (B, D), (B,)
         margin = self.margin if margin is None else margin
         with torch.autocast(embeddings.device.type, enabled=False):
             cosine = self.cosine(embeddings.float())  # (B, S)
@@ -81,8 +82,8 @@ class CosineHead(nn.Module):
             target = self.target_cosine(cosine.gather(1, index), margin)  # (B, 1): psi(cos theta_y), computed for
             # the B targets only, then written over them (one out-of-place scatter, no one-hot matrix)
             logits = self.scale * cosine  # (B, S), margin-free
-            loss = F.cross_entropy(logits.scatter(1, index, self.scale * target), labels)
-            return loss, logits
+            loss = F.cross_entropy(logits.scatter(1, index, self.scale * target), labels, reduction=reduction)
+            return loss, logits  # loss () or, reduction "none", (B,)
 
     def class_centers(self) -> Tensor:
         """(S, D): the L2-normalised class weights."""
@@ -135,6 +136,10 @@ class SubcenterAAMHead(AAMSoftmaxHead):
     def cosine(self, embeddings: Tensor) -> Tensor:  # (B, D) -> (B, S)
         cosine = super().cosine(embeddings)  # (B, S * K)
         return cosine.unflatten(1, (-1, self.subcenters)).amax(dim=2)  # (B, S, K) -> (B, S)
+
+    def subcenter_weights(self) -> Tensor:
+        """(S, K, D): each speaker's K sub-centres, L2-normalised (train_sort's dominant sub-centres)."""
+        return F.normalize(self.weight, dim=1).unflatten(0, (-1, self.subcenters))
 
     def class_centers(self) -> Tensor:
         """(S, D): the normalised mean of each speaker's normalised sub-centres. (The paper's dominant

@@ -28,7 +28,7 @@ from loss import head_from_config
 from models import model_from_config
 from utils import UserError, atomic_path, atomic_torch_save
 
-SCHEMA = 4  # the checkpoint layout this code writes
+SCHEMA = 5  # the checkpoint layout this code writes
 
 
 def _from_schema_1(state: dict) -> dict:
@@ -53,8 +53,16 @@ def _from_schema_3(state: dict) -> dict:
     return {**state, "config": {"stats_variance": "population", **state["config"]}}
 
 
+def _from_schema_4(state: dict) -> dict:
+    """Schema 4 (before in-training filtering) lacks `loss_record`, each training utterance's latest loss:
+    an empty one (None), which a run resumed with --filter-share starts from (nothing left out until its
+    utterances have losses again)."""
+    return {**state, "loss_record": None}
+
+
 # version -> its upgrade to version + 1
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _from_schema_1, 2: _from_schema_2, 3: _from_schema_3}
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _from_schema_1, 2: _from_schema_2, 3: _from_schema_3,
+                                                 4: _from_schema_4}
 
 
 def migrate(state: dict, source: Path) -> dict:

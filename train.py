@@ -28,7 +28,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from config import MODEL_KEYS, Config, build_config, check_model_keys, make_parser, parse_args, save_config, to_dict
@@ -52,9 +53,17 @@ from data.corpus import (
 )
 from data.crops import TrainDataset, speed_speakers
 from data.features import FrontEnd, fbank_options_from_config, frontend_from_config, num_samples_for_frames
-from data.samplers import BalancedSampler, EpochSampler
+from data.samplers import BalancedSampler, EpochSampler, LossRecord, leave_out
 from distributed import Dist, broadcast, finish_distributed, init_distributed
-from embedding import Embedder, extraction_from_config
+from embedding import (
+    CPU_COMPILE_SECONDS,
+    CPU_COMPILED_RATIO,
+    CPU_STEP_FLOPS,
+    Embedder,
+    compile_forward,
+    compile_pays,
+    extraction_from_config,
+)
 from evaluation import (
     EvalPlan,
     TrialList,
@@ -157,9 +166,10 @@ class Trainee(nn.Module):
         super().__init__()
         self.model, self.head = model, head
 
-    def forward(self, feats: torch.Tensor, labels: torch.Tensor,
-                margin: float) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.head(self.model(feats), labels, margin)  # (loss, logits (B, num_speakers))
+    def forward(self, feats: torch.Tensor, labels: torch.Tensor, margin: float,
+                reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+        # (loss: () mean, or (B,) with reduction "none"; logits (B, num_speakers))
+        return self.head(self.model(feats), labels, margin, reduction)
 
 
 def build_optimizer(cfg: Config, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
@@ -223,15 +233,17 @@ def check_inputs(cfg: Config) -> tuple[list[TrialList], list[TrialList]]:
 
 
 def ensure_demo_corpus(cfg: Config) -> None:
-    """Generate (or refresh) the demo corpus on first use, when training data points inside it."""
+    """Generate (or refresh) the demo corpus with cfg.demo_generator on first use, when training data points
+    inside it."""
     root = Path(cfg.demo_corpus)
     if Path(cfg.train_data).resolve().is_relative_to(root.resolve()):
-        from data.synth import ensure_demo_corpus as ensure
+        from data.synth_harmonic import ensure_generated
 
-        ensure(root)
+        ensure_generated(root, cfg.demo_generator)
 
 
-LOG_FIELDS = ["epoch", "steps", "lr", "margin", "loss", "accuracy", "val_eer", "val_min_dcf", "seconds"]
+LOG_FIELDS = ["epoch", "steps", "lr", "margin", "loss", "accuracy", "val_eer", "val_min_dcf", "seconds",
+              "left_out", "left_out_precision", "left_out_recall"]  # the last three: in-training filtering
 
 
 def write_log(run: Path, rows: list[dict]) -> None:
@@ -250,12 +262,14 @@ class TrainingData:
     speakers: list[str]
     classes: list[str]  # the head's classes: the speakers, or (speaker, speed) pairs under speed perturbation
     val_lists: list[TrialList]
+    moved: frozenset[str] = frozenset()  # keys of the utterances label noise moved (scores in-training filtering)
 
 
-def training_data(cfg: Config, run: Path, utterances: Sequence[Utterance] | None, d: Dist) -> TrainingData:
+def training_data(cfg: Config, run: Path, utterances: Sequence[Utterance] | None, d: Dist,
+                  moved: Collection[str] = ()) -> TrainingData:
     """Rank 0 checks every input, writes the config and builds (and caches) the corpus index; then every rank
     reads the index, caps it per speaker and injects the configured label noise (recorded in the run), and gets
-    rank 0's validation lists."""
+    rank 0's validation lists. `moved`: the keys label noise moved in a given `utterances` list."""
     val_lists: list[TrialList] = []
     if d.main:
         ensure_demo_corpus(cfg)
@@ -269,14 +283,15 @@ def training_data(cfg: Config, run: Path, utterances: Sequence[Utterance] | None
     val_lists = broadcast(val_lists, d)  # every rank embeds its share of the validation files
     if utterances is None:
         utterances = cap_per_speaker(load_index(cfg.train_data, cfg.sample_rate), cfg.utts_per_speaker, cfg.seed)
-        utterances, moved = inject_label_noise(utterances, cfg.label_noise, cfg.seed)
+        utterances, moved_labels = inject_label_noise(utterances, cfg.label_noise, cfg.seed)
+        moved = [m.key for m in moved_labels]
         if d.main and cfg.label_noise > 0:
-            write_moved_labels(moved, run / "label_noise.txt")
+            write_moved_labels(moved_labels, run / "label_noise.txt")
     speakers = speakers_of(utterances)
     if d.main:
         save_index(utterances, run / "train_list.jsonl")
     classes = speed_speakers(speakers) if cfg.speed_perturb else speakers
-    return TrainingData(list(utterances), speakers, classes, val_lists)
+    return TrainingData(list(utterances), speakers, classes, val_lists, frozenset(moved))
 
 
 def make_loader(cfg: Config, data: TrainingData, d: Dist, pin_memory: bool) -> torch.utils.data.DataLoader:
@@ -317,6 +332,10 @@ class Trainer:
     rows: list[dict] = field(default_factory=list)
     best_eer: float = math.inf
     best_epoch: int = 0
+    record: LossRecord | None = None  # in-training filtering (filter_share > 0): each utterance's latest loss
+    pending: list = field(default_factory=list)  # ...this epoch's (items, per-sample losses on the device) not
+    # yet added to it (flush_losses)
+    weights: torch.Tensor | None = None  # ...downweight mode: this epoch's loss weight per utterance (N,)
 
 
 def build_trainer(cfg: Config, data: TrainingData, d: Dist, resume_state: dict | None) -> Trainer:
@@ -333,12 +352,75 @@ def build_trainer(cfg: Config, data: TrainingData, d: Dist, resume_state: dict |
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     t = Trainer(cfg, d, device, precision, trainee, trainee, frontend_from_config(cfg).to(device), optimizer, scaler,
                 make_loader(cfg, data, d, pin_memory=device.type == "cuda"), margin_schedule(cfg))
+    t.record = LossRecord.empty(len(data.utterances)) if cfg.filter_share > 0 else None
     if resume_state:
         restore(t, resume_state)
+    compile_for_training(t)  # before DDP wraps it: DDP then calls the compiled forward
     if d.distributed:
         t.ddp = nn.parallel.DistributedDataParallel(trainee, device_ids=[device.index] if device.type == "cuda"
                                                     else None)
     return t
+
+
+def compile_for_training(t: Trainer) -> None:
+    """config `compile`: the model's training forward (and backward) through torch.compile with static shapes
+    (every batch is batch_size x num_frames); validation stays eager (embedding.CompiledForward). auto compiles
+    on CUDA, and on a CPU when the run's remaining batches repay the compile (embedding.compile_pays, the step's
+    time estimated from its FLOPs: a decision that neither load nor timing noise changes; rank 0's for every
+    rank). The compile happens here, on a probe batch, so that its time is logged and a failure falls back to
+    eager (one log line) before the first epoch."""
+    cfg, model = t.cfg, t.trainee.model
+    batches = (cfg.epochs - t.start_epoch) * len(t.loader.batch_sampler) - t.start_batch
+    if cfg.compile == "off" or batches <= 0:
+        return
+    if cfg.compile == "auto" and t.device.type != "cuda":
+        # the step's FLOPs (counted on a probe step) at the rate the default step reaches on the 2-core CPU, not a
+        # timed step: other processes' load stretches a step's wall time, and its CPU time too (threads spin at
+        # barriers), which turned the estimate towards compiling exactly when the machine was busiest
+        with FlopCounterMode(display=False) as counter:
+            probe_step(t)
+        seconds = counter.get_total_flops() / CPU_STEP_FLOPS[t.precision]
+        pays = broadcast(compile_pays(batches, seconds), t.d)
+        if t.d.main:
+            log.info("compile auto: %d batches x ~%.2f s eager, ~%.0f%% saved = %.0f s against a ~%.0f s compile: %s",
+                     batches, seconds, 100 * (1 - CPU_COMPILED_RATIO), batches * seconds * (1 - CPU_COMPILED_RATIO),
+                     CPU_COMPILE_SECONDS, "compiling" if pays else "eager")
+        if not pays:
+            return
+    compiled = compile_forward(model, training=True, dynamic=False)
+    if compiled is None:
+        return
+    try:
+        seconds = probe_step(t)
+    except Exception as err:  # noqa: BLE001 -- e.g. the backward's inductor compile; the run goes on eager
+        compiled.fall_back(err)
+        return
+    if compiled.compiled is not None and t.d.main:
+        log.info("torch.compile: the training step compiled in %.0f s", seconds)
+
+
+def probe_step(t: Trainer) -> float:
+    """Seconds of one forward and backward of a random batch of the training shape, leaving no trace: the
+    gradients cleared, the BatchNorm statistics and the RNG state as they were."""
+    cfg = t.cfg
+    buffers, rng = [b.clone() for b in t.trainee.buffers()], torch.random.get_rng_state()
+    generator = torch.Generator(device=t.device).manual_seed(0)
+    feats = torch.randn(cfg.batch_size, cfg.num_frames, cfg.n_mels, generator=generator, device=t.device)
+    labels = torch.zeros(cfg.batch_size, dtype=torch.long, device=t.device)
+    started = time.perf_counter()
+    try:
+        with autocast(t.device, t.precision):
+            loss, _ = t.trainee(feats, labels, t.margin(float(t.start_epoch)))  # (B, T, F) -> loss
+        loss.backward()
+        if t.device.type == "cuda":
+            torch.cuda.synchronize(t.device)
+        return time.perf_counter() - started
+    finally:
+        t.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for buffer, saved in zip(t.trainee.buffers(), buffers):
+                buffer.copy_(saved)
+        torch.random.set_rng_state(rng)
 
 
 def init_from_checkpoint(trainee: Trainee, cfg: Config, classes: Sequence[str], d: Dist) -> None:
@@ -376,6 +458,7 @@ def restore(t: Trainer, state: dict) -> None:
                             f"with ({mid['world_size']} and {mid['accumulate']}, not {t.d.world_size} and "
                             f"{t.cfg.accumulate}); or delete it to resume from the last epoch's checkpoint")
         t.start_batch, t.start_totals = mid["batches"], mid["totals"][t.d.rank]
+    restore_record(t, state)
 
 
 def checkpoint_state(t: Trainer, epoch: int, classes: Sequence[str], mid_epoch: dict | None = None) -> dict:
@@ -383,7 +466,8 @@ def checkpoint_state(t: Trainer, epoch: int, classes: Sequence[str], mid_epoch: 
     state = {"model": t.trainee.model.state_dict(), "head": t.trainee.head.state_dict(),
              "optimizer": t.optimizer.state_dict(), "epoch": epoch, "config": to_dict(t.cfg),
              "speakers": list(classes), "log": t.rows, "best_eer": t.best_eer, "best_epoch": t.best_epoch,
-             "rng": rng_state(), "mid_epoch": mid_epoch}
+             "rng": rng_state(), "mid_epoch": mid_epoch,
+             "loss_record": None if t.record is None else torch.from_numpy(t.record.losses.copy())}
     if t.scaler is not None:
         state["scaler"] = t.scaler.state_dict()
     return state
@@ -414,9 +498,9 @@ def train_epoch(t: Trainer, epoch: int, run: Path, classes: Sequence[str]) -> Ep
     # a bar on a terminal only (disable=None): a log file gets the per-epoch line, not a bar per step
     bar = tqdm(itertools.islice(t.loader, usable - start), desc=f"epoch {epoch + 1}/{t.cfg.epochs}", total=usable,
                initial=start, disable=None if t.d.main else True, dynamic_ncols=True, leave=False)
-    for i, (wave, labels) in enumerate(bar, start=start):
+    for i, ((wave, labels), items) in enumerate(zip(bar, batch_items(t)), start=start):
         margin = t.margin(epoch + i / batches)
-        loss, logits, labels = forward_backward(t, wave, labels, epoch, i, margin)
+        loss, logits, labels = forward_backward(t, wave, labels, epoch, i, margin, items)
         with torch.no_grad():
             totals += torch.stack([loss.detach().float() * len(labels), (logits.argmax(-1) == labels).sum().float(),
                                    torch.tensor(float(len(labels)), device=t.device)])
@@ -435,10 +519,11 @@ def train_epoch(t: Trainer, epoch: int, run: Path, classes: Sequence[str]) -> Ep
     return EpochStats(totals[0].item() / seen, totals[1].item() / seen, steps, margin)
 
 
-def forward_backward(t: Trainer, wave: torch.Tensor, labels: torch.Tensor, epoch: int, i: int,
-                     margin: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def forward_backward(t: Trainer, wave: torch.Tensor, labels: torch.Tensor, epoch: int, i: int, margin: float,
+                     items: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward and backward of batch i, waves (B, N) and labels (B,); returns (loss, logits, labels). The
-    gradients add up over `accumulate` batches; DDP averages them over the ranks at the group's last one."""
+    gradients add up over `accumulate` batches; DDP averages them over the ranks at the group's last one.
+    With `items` (the batch's training-list indices; in-training filtering) each sample's loss is recorded."""
     wave = wave.to(t.device, non_blocking=True)  # (B, N)
     labels = labels.to(t.device, non_blocking=True)  # (B,)
     generator = torch.Generator(device=t.device).manual_seed(step_seed(t.cfg.seed, epoch, i, t.d.rank))
@@ -446,7 +531,9 @@ def forward_backward(t: Trainer, wave: torch.Tensor, labels: torch.Tensor, epoch
     last = (i + 1) % t.cfg.accumulate == 0
     with t.ddp.no_sync() if t.d.distributed and not last else contextlib.nullcontext():
         with autocast(t.device, t.precision):
-            loss, logits = t.ddp(feats, labels, margin)
+            loss, logits = t.ddp(feats, labels, margin, "mean" if items is None else "none")
+        if items is not None:
+            loss = record_losses(t, items, loss)  # (B,) kept for the record; their (weighted) mean
         scaled = loss / t.cfg.accumulate if t.cfg.accumulate > 1 else loss  # the mean over the group's batches
         (t.scaler.scale(scaled) if t.scaler is not None else scaled).backward()
     return loss, logits, labels
@@ -476,10 +563,116 @@ def save_mid_epoch(t: Trainer, run: Path, classes: Sequence[str], epoch: int, st
     if t.d.distributed:
         dist.all_gather(every, totals)
     mid = {"step": step, "batches": step * t.cfg.accumulate, "world_size": t.d.world_size,
-           "accumulate": t.cfg.accumulate, "totals": [x.tolist() for x in every]}
+           "accumulate": t.cfg.accumulate, "totals": [x.tolist() for x in every], **gather_loss_sums(t)}
     if t.d.main:
         path = save_checkpoint(run, checkpoint_state(t, epoch, classes, mid), t.cfg.keep_checkpoints, False)
         log.info("epoch %d, step %d: checkpoint %s", epoch + 1, step, path.name)
+
+
+# --- in-training filtering of noisy labels (the selection: data/samplers.leave_out) ------------------------
+
+def filter_epoch(t: Trainer, epoch: int, data: TrainingData) -> dict[str, str]:
+    """At the start of `epoch` (0-based; the first filter_warmup epochs train on everything): each speaker's
+    highest-loss share in the record (leave_out) left out of the sampler (drop) or given the loss weight
+    filter_weight (downweight), the same on every rank (so is the record). Returns the log row's fields: the
+    count left out and, when label noise moved utterances, its precision and recall against them."""
+    if t.record is None:
+        return {}
+    labels = t.loader.dataset.labels  # speaker indices (not the speed classes)
+    left = (leave_out(t.record.losses, labels, t.cfg.filter_share) if epoch >= t.cfg.filter_warmup
+            else np.zeros(len(labels), dtype=bool))
+    if t.cfg.filter_mode == "drop":
+        t.loader.batch_sampler.set_left_out(left)
+    else:
+        t.weights = torch.tensor(np.where(left, t.cfg.filter_weight, 1.0), dtype=torch.float32, device=t.device)
+    fields = {"left_out": str(int(left.sum()))}
+    if data.moved:
+        noisy = np.array([u.key in data.moved for u in data.utterances])
+        found = int((left & noisy).sum())
+        fields["left_out_precision"] = f"{found / left.sum():.4f}" if left.any() else ""
+        fields["left_out_recall"] = f"{found / noisy.sum():.4f}" if noisy.any() else ""
+    return fields
+
+
+def filter_note(row: dict, mode: str) -> str:
+    """The epoch log line's part on filtering: '  left out N (precision P, recall R of the moved labels)'."""
+    if "left_out" not in row:
+        return ""
+    verb = "left out" if mode == "drop" else "down-weighted"
+    scored = (f" (precision {row['left_out_precision'] or '-'}, recall {row['left_out_recall'] or '-'} of the "
+              f"moved labels)" if "left_out_recall" in row else "")
+    return f"  {verb} {row['left_out']}{scored}"
+
+
+def batch_items(t: Trainer) -> Iterator[list[int] | None]:
+    """The training-list indices of each batch the loader yields (the sampler iterated again: a pure function
+    of its epoch), for the loss record; None for every batch when not filtering."""
+    if t.record is None:
+        return itertools.repeat(None)
+    return ([i for i, _ in batch] for batch in t.loader.batch_sampler)
+
+
+def record_losses(t: Trainer, items: list[int], losses: torch.Tensor) -> torch.Tensor:
+    """Keep a batch's per-sample losses (B,) for the record (on the device until flush_losses: no
+    synchronisation per step); return the step's objective, their mean, with the left-out utterances weighted
+    by filter_weight in downweight mode."""
+    t.pending.append((np.asarray(items, dtype=np.int64), losses.detach().float()))
+    if t.weights is None:
+        return losses.mean()
+    return (losses * t.weights[torch.as_tensor(items, device=t.device)]).mean()
+
+
+def flush_losses(t: Trainer) -> None:
+    """The pending losses into this rank's sums of the epoch, in training order (one copy from the device)."""
+    if t.pending:
+        items = np.concatenate([i for i, _ in t.pending])
+        t.record.add(items, torch.cat([x for _, x in t.pending]).double().cpu().numpy())
+        t.pending.clear()
+
+
+def close_loss_record(t: Trainer) -> None:
+    """The epoch's end: the ranks' sums and counts added up (all_reduce; the ranks trained disjoint shards), so
+    every rank holds the same record and leaves out the same utterances in the next epoch."""
+    flush_losses(t)
+    sums = torch.tensor(t.record.sums, device=t.device)  # copies: nccl reduces CUDA tensors only
+    counts = torch.tensor(t.record.counts, device=t.device)
+    if t.d.distributed:
+        dist.all_reduce(sums)
+        dist.all_reduce(counts)
+    t.record.close_epoch(sums.cpu().numpy(), counts.cpu().numpy())
+
+
+def gather_loss_sums(t: Trainer) -> dict[str, list[torch.Tensor]]:
+    """A mid-epoch checkpoint's part of the record: every rank's loss sums and counts of the epoch so far (the
+    record's losses are the checkpoint's `loss_record`); each rank resumes its own."""
+    if t.record is None:
+        return {}
+    flush_losses(t)
+    parts = {}
+    for key, mine in (("loss_sums", t.record.sums), ("loss_counts", t.record.counts)):
+        mine = torch.tensor(mine, device=t.device)
+        every = [torch.empty_like(mine) for _ in range(t.d.world_size)]
+        if t.d.distributed:
+            dist.all_gather(every, mine)
+        else:
+            every = [mine]
+        parts[key] = [x.cpu() for x in every]
+    return parts
+
+
+def restore_record(t: Trainer, state: dict) -> None:
+    """A resumed run's loss record: the checkpoint's (empty when it has none: a schema-4 checkpoint, or a run
+    that did not filter), and this rank's sums of the epoch so far when resumed within it."""
+    saved, mid = state.get("loss_record"), state.get("mid_epoch")
+    if t.record is None or saved is None:
+        return
+    if len(saved) != len(t.record.losses):
+        raise UserError(f"the checkpoint's loss record covers {len(saved)} training utterances, not this run's "
+                        f"{len(t.record.losses)}")
+    t.record.losses = saved.double().numpy().copy()
+    if mid and "loss_sums" in mid:
+        t.record.sums = mid["loss_sums"][t.d.rank].double().numpy().copy()
+        t.record.counts = mid["loss_counts"][t.d.rank].long().numpy().copy()
 
 
 def validate(t: Trainer, val_lists: Sequence[TrialList]) -> tuple[float, float]:
@@ -495,6 +688,7 @@ def validate(t: Trainer, val_lists: Sequence[TrialList]) -> tuple[float, float]:
 def run_epoch(t: Trainer, epoch: int, run: Path, data: TrainingData) -> None:
     """Train one epoch, validate (every rank embeds its share), save the checkpoint and the log (rank 0)."""
     started = time.perf_counter()
+    filtered = filter_epoch(t, epoch, data)  # the log's left_out fields; {} when not filtering
     t.loader.batch_sampler.set_epoch(epoch, t.start_batch)
     if t.d.distributed:
         count = check_disjoint_shards(t.loader.batch_sampler, len(t.loader.dataset), t.d, t.device)
@@ -502,12 +696,14 @@ def run_epoch(t: Trainer, epoch: int, run: Path, data: TrainingData) -> None:
             log.info("epoch %d: %d ranks drew disjoint shards of %d utterances each", epoch + 1, t.d.world_size,
                      count)
     stats = train_epoch(t, epoch, run, data.classes)
+    if t.record is not None:
+        close_loss_record(t)
     if not all(torch.isfinite(p).all() for p in t.trainee.parameters()):
         raise UserError(f"epoch {epoch + 1}: the weights became NaN or infinite (loss {stats.loss:.4g}): the "
                         f"training diverged; --resume from the last checkpoint with a lower --lr or a --grad-clip")
     row = {"epoch": epoch + 1, "steps": stats.steps, "lr": f"{learning_rate(t.cfg, epoch, 0):.6g}",
            "margin": f"{stats.margin:.4f}", "loss": f"{stats.loss:.4f}", "accuracy": f"{stats.accuracy:.4f}",
-           "val_eer": "", "val_min_dcf": ""}
+           "val_eer": "", "val_min_dcf": "", **filtered}
     if data.val_lists:
         eer, min_dcf = validate(t, data.val_lists)
         row["val_eer"], row["val_min_dcf"] = f"{eer:.4f}", f"{min_dcf:.4f}"
@@ -522,8 +718,8 @@ def run_epoch(t: Trainer, epoch: int, run: Path, data: TrainingData) -> None:
         write_log(run, t.rows)
         write_curves(run, t.rows, t.cfg.tensorboard)  # <run>/curves.png (+ TensorBoard scalars)
         eer = f"  val EER {100 * val_eer:.2f}%" if row["val_eer"] else ""
-        log.info("epoch %d/%d  loss %s  acc %s  lr %s%s  (%ss)", epoch + 1, t.cfg.epochs, row["loss"],
-                 row["accuracy"], row["lr"], eer, row["seconds"])
+        log.info("epoch %d/%d  loss %s  acc %s  lr %s%s%s  (%ss)", epoch + 1, t.cfg.epochs, row["loss"],
+                 row["accuracy"], row["lr"], eer, filter_note(row, t.cfg.filter_mode), row["seconds"])
     if t.d.distributed:
         dist.barrier()
 
@@ -531,15 +727,16 @@ def run_epoch(t: Trainer, epoch: int, run: Path, data: TrainingData) -> None:
 # --- the run ---------------------------------------------------------------------------------------------
 
 def train(cfg: Config, *, utterances: Sequence[Utterance] | None = None, run: Path | None = None,
-          kept: str = "all") -> Path:
+          kept: str = "all", moved: Collection[str] = ()) -> Path:
     """Train (or resume, with cfg.resume) and return the run folder. `utterances` replaces the corpus scan
-    (train_sort passes its kept list, described by `kept` in the research log); `run` fixes the folder."""
+    (train_sort passes its kept list, described by `kept` in the research log; `moved`, the keys of its
+    utterances label noise moved, scores in-training filtering); `run` fixes the folder."""
     configure_malloc()
     d = init_distributed(cfg.device, cfg.dist_timeout_min)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     run, resume_state = open_run(cfg, run, d)
-    data = training_data(cfg, run, utterances, d)
+    data = training_data(cfg, run, utterances, d, moved)
     t = build_trainer(cfg, data, d, resume_state)
     if resume_state and d.main:
         log.info("resuming %s after epoch %d%s", run, t.start_epoch,

@@ -1,21 +1,47 @@
-"""Rank each speaker's training utterances with a trained model, keep a percentile range, retrain.
+"""Rank each speaker's training utterances with a trained model, flag those outside a percentile range, drop or
+relabel them, retrain.
 
     python train_sort.py --from exp/RUN --keep 5 95               # percentiles (0.05 0.95 also accepted)
     python train_sort.py --from exp/RUN --keep 0 90 --rounds 2 --sort-by class_weight
+    python train_sort.py --from exp/RUN --keep 0 80 --action auto  # relabel the clear cases, drop the rest
+    python train_sort.py --from exp/SUBCENTER_RUN --keep 0 80 --sort-by subcenter --loss aam
+    python train_sort.py --from exp/NOISY_RUN --oracle relabel     # the moved utterances back to their speaker
 
 For training on noisy speaker labels: an utterance whose embedding sits far from the rest of its speaker's
 is likely mislabelled (or off-speaker). Each round embeds every training utterance with the latest model
 (the one feature path of inference.py; under torchrun each rank embeds its share and gets them all), scores
-it (--sort-by), keeps each speaker's utterances whose rank lies in the [low, high] percentile range (at least
---min-keep of them), retrains with the source run's config (flags on this command line override it, except
-those that define the model and its features, which must stay the source's) on the kept list, and evaluates
-through evaluation.py, as train.py and inference.py do.
-Scores, kept lists and a report go to exp/<source>-keep<low>-<high>/round<k>/; when the source run injected
-label noise, the report gives precision and recall of the removed utterances against the ones that moved.
+it (--sort-by), flags each speaker's utterances whose rank lies outside the [low, high] percentile range (at
+least --min-keep of them kept), drops or relabels the flagged ones (--action), retrains with the source run's
+config (flags on this command line override it, except those that define the model and its features, which
+must stay the source's) on the resulting list, and evaluates through evaluation.py, as train.py and
+inference.py do. `--rounds N` repeats it, each round re-scoring the source's full list with the newest model;
+a round whose list and labels equal the previous round's is not retrained and ends the rounds.
+
+Scores, higher = more typical of the labelled speaker (--sort-by):
+  centroid      cos(e, the mean embedding of the speaker's other utterances)
+  class_weight  cos(e, the head's class weight)
+  loss          minus the head's training loss of the utterance (margin included)
+  subcenter     cos(e, the labelled class's dominant sub-centre), for a source trained with --loss subcenter_aam
+                (Deng et al. 2020, "Sub-center ArcFace"): the sub-centre that most of the class's training
+                utterances are nearest; those nearest another of its sub-centres are the paper's noise suspects,
+                counted in the report
+The flagged utterances (--action):
+  drop     left out of the retraining (the default)
+  relabel  one clearly nearer another speaker's centre (cos to it - cos to its own speaker's centre >=
+           --relabel-margin) moves to that speaker; the others stay under their label
+  auto     those move; the others are dropped
+A speaker's centre: its mean embedding (centroid; an utterance left out of its own speaker's), its class weight
+(class_weight, loss), its dominant sub-centre (subcenter). `--oracle drop|relabel` ignores the scores: it drops
+exactly the moved utterances of the source's label_noise.txt, or gives them back their true speaker.
+
+Scores, the retraining labels and a report go to exp/<source>-keep<low>-<high>-<sort_by>[-<action>]/round<k>/
+(exp/<source>-oracle-<drop|relabel>/ for the oracle); when the source run injected label noise, the report gives
+precision and recall of the removed utterances against the ones that moved, how many moved utterances were
+relabelled and how many of those went to their true speaker.
 
 Percentiles rank a speaker's utterances from the most typical (0: the highest score) to the least typical
-(100), so `--keep 0 90` drops only the 10 % least typical, where mislabelled utterances gather, and
-`--keep 5 95` also drops the 5 % most typical. The share removed from each speaker is the asked one, rounded
+(100), so `--keep 0 90` flags only the 10 % least typical, where mislabelled utterances gather, and
+`--keep 5 95` also flags the 5 % most typical. The share flagged in each speaker is the asked one, rounded
 to whole utterances (`removal_counts`); the report logs the removed counts per speaker.
 """
 
@@ -24,26 +50,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
-from collections import Counter, defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from config import Config, build_config, check_model_keys, make_parser, parse_args
-from data.corpus import Utterance
+from config import SORT_KEYS, Config, build_config, check_model_keys, make_parser, parse_args
+from data.corpus import MovedLabel, Utterance, speakers_of
+from data.crops import speed_speakers
+from data.samplers import round_half_up
 from distributed import current, finish_distributed, init_distributed
 from evaluation import checkpoint_embedder, evaluate_checkpoint, read_train_list
-from runs import Trained, find_checkpoint, load_trained, run_dir
+from runs import Trained, find_checkpoint, latest_checkpoint, load_trained, run_dir
+from scoring import l2_normalise
 from train import train
-from utils import UserError, atomic_write_text, configure_malloc, run_main
+from utils import UserError, atomic_write_text, configure_malloc, read_text, run_main
 
 log = logging.getLogger("voiceprint")
-
-
 # --- the method ------------------------------------------------------------------------------------------
 
 def percent_range(keep: Sequence[float]) -> tuple[float, float]:
@@ -62,10 +88,7 @@ def removal_counts(n: int, low: float, high: float) -> tuple[int, int]:
     percentile range [low, high]: R = round(n (low + 100 - high) / 100) utterances in all, so the removed share
     is the asked one to within half an utterance; the high end's round(n (100 - high) / 100) first, the low end
     the rest. Rounding: halves up. Worked example (README): n = 30 at 5-95 removes 3 (1 + 2), n = 10 removes 1
-    (0 + 1), n = 21 removes 2 (1 + 1)."""
-    def round_half_up(x: float) -> int:
-        return math.floor(x + 0.5 + 1e-9)  # 1e-9: n * 5 / 100 = 1.5 must round up despite float error
-
+    (0 + 1), n = 21 removes 2 (1 + 1). In-training filtering (data/samplers.leave_out) rounds the same way."""
     total = round_half_up(n * (low + 100.0 - high) / 100.0)
     high_end = round_half_up(n * (100.0 - high) / 100.0)
     return total - high_end, high_end
@@ -106,23 +129,112 @@ def leave_one_out_centroid_scores(embeddings: np.ndarray, labels: np.ndarray) ->
     return np.where(counts[labels] > 1, scores, 0.0)
 
 
+def chunks(n: int, size: int = 4096) -> Iterator[slice]:
+    """Slices of `size` rows covering range(n): bounds the (rows, S) and (rows, K, D) temporaries."""
+    return (slice(i, min(i + size, n)) for i in range(0, n, size))
+
+
+def subcenter_scores(embeddings: np.ndarray, labels: np.ndarray,
+                     subcentres: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sub-center ArcFace's view of a training list (Deng et al. 2020, sec. 3.1): embeddings (N, D) and
+    sub-centres (S, K, D) L2-normalised, labels (N,). A class's dominant sub-centre is the one most of its
+    utterances are nearest (ties: the lowest index). Returns each utterance's cosine to its labelled class's
+    dominant sub-centre (N,), the dominant sub-centres (S, D), and which utterances are nearest another of
+    their class's sub-centres (N,) bool: the paper's noise suspects."""
+    num_classes, k, _ = subcentres.shape
+    cos = np.concatenate([np.einsum("nd,nkd->nk", embeddings[s], subcentres[labels[s]])
+                          for s in chunks(len(labels))])  # (N, K): to the labelled class's sub-centres
+    nearest = cos.argmax(axis=1)  # (N,)
+    counts = np.zeros((num_classes, k), dtype=np.int64)
+    np.add.at(counts, (labels, nearest), 1)
+    dominant = counts.argmax(axis=1)  # (S,)
+    scores = cos[np.arange(len(labels)), dominant[labels]]
+    return scores, subcentres[np.arange(num_classes), dominant], nearest != dominant[labels]
+
+
+@dataclass(frozen=True)
+class Scores:
+    score: np.ndarray  # (N,) higher = more typical of the labelled speaker (--sort-by)
+    own: np.ndarray  # (N,) cos(e, the labelled speaker's centre), the reference of a relabelling
+    centres: np.ndarray  # (S, D) each speaker's centre, L2-normalised
+    suspects: np.ndarray | None = None  # subcenter: (N,) nearest a non-dominant sub-centre of the class
+
+
 @torch.no_grad()
-def utterance_scores(trained: Trained, utts: Sequence[Utterance], sort_by: str, embeddings: np.ndarray) -> np.ndarray:
-    """Higher = more typical of the labelled speaker."""
-    index = {s: i for i, s in enumerate(trained.speakers)}
-    labels = np.array([index[u.speaker] for u in utts])
+def utterance_scores(trained: Trained, sort_by: str, embeddings: np.ndarray, labels: np.ndarray,
+                     rows: np.ndarray) -> Scores:
+    """Scores and speaker centres (module docstring) of L2-normalised embeddings (N, D); `labels` (N,) index
+    the list's sorted speakers, `rows` (S,) are those speakers' classes in the head."""
     if sort_by == "centroid":
-        return leave_one_out_centroid_scores(embeddings, labels)
+        sums = np.zeros((len(rows), embeddings.shape[1]))
+        np.add.at(sums, labels, embeddings)
+        score = leave_one_out_centroid_scores(embeddings, labels)
+        return Scores(score, score, l2_normalise(sums))
+    if sort_by == "subcenter":
+        weights = trained.head.subcenter_weights().detach().float().cpu().numpy()[rows]  # (S, K, D)
+        score, centres, suspects = subcenter_scores(embeddings, labels, weights)
+        return Scores(score, score, centres, suspects)
+    centres = trained.head.class_centers().detach().float().cpu().numpy()[rows]  # (S, D), normalised
+    own = np.einsum("nd,nd->n", embeddings, centres[labels])
     if sort_by == "class_weight":
-        centers = trained.head.class_centers().float().cpu().numpy()  # (S, D), normalised
-        return np.einsum("nd,nd->n", embeddings, centers[labels])
+        return Scores(own, own, centres)
     # loss: the head's own per-utterance training loss (margin included); low loss = typical, so negate
     emb = torch.from_numpy(embeddings).float()
-    losses = []
-    for i in range(len(utts)):
-        loss, _ = trained.head(emb[i:i + 1], torch.tensor([labels[i]]))
-        losses.append(loss.item())
-    return -np.array(losses)
+    classes = rows[labels]
+    losses = [trained.head(emb[i:i + 1], torch.tensor([classes[i]]))[0].item() for i in range(len(labels))]
+    return Scores(-np.array(losses), own, centres)
+
+
+def kept_mask(scores: np.ndarray, labels: np.ndarray, keep: Sequence[float], min_keep: int) -> np.ndarray:
+    """(N,) bool: each speaker's utterances inside the percentile range (keep_typical; ties in list order)."""
+    low, high = percent_range(keep)
+    order = np.argsort(labels, kind="stable")  # each speaker's utterances together, in list order
+    kept = np.zeros(len(scores), dtype=bool)
+    for idx in np.split(order, np.cumsum(np.bincount(labels))[:-1]):
+        kept[idx] = keep_typical(scores[idx], low, high, min_keep)
+    return kept
+
+
+def relabel_targets(embeddings: np.ndarray, labels: np.ndarray, own: np.ndarray, centres: np.ndarray,
+                    flagged: np.ndarray, margin: float) -> dict[int, int]:
+    """{utterance: speaker} for the `flagged` utterances (indices) clearly nearer another speaker's centre:
+    cos(e, the nearest other centre) - own (its cosine to its labelled speaker's) >= margin."""
+    targets: dict[int, int] = {}
+    for s in chunks(len(flagged)):
+        idx = flagged[s]
+        cos = embeddings[idx] @ centres.T  # (F, S)
+        cos[np.arange(len(idx)), labels[idx]] = -np.inf  # another speaker's
+        best = cos.argmax(axis=1)  # (F,)
+        gain = cos[np.arange(len(idx)), best] - own[idx]
+        targets.update({int(i): int(b) for i, b, g in zip(idx, best, gain) if g >= margin})
+    return targets
+
+
+def new_labels(utts: Sequence[Utterance], speakers: Sequence[str], kept: np.ndarray, targets: dict[int, int],
+               action: str) -> list[str | None]:
+    """Each utterance's label in the retraining list, None = dropped: a kept one keeps its label; a flagged
+    one with a target moves to it (relabel, auto), one without stays (relabel) or is dropped (auto); drop
+    drops every flagged one."""
+    labels: list[str | None] = []
+    for i, (u, k) in enumerate(zip(utts, kept)):
+        if k:
+            labels.append(u.speaker)
+        elif action != "drop" and i in targets:
+            labels.append(speakers[targets[i]])
+        else:
+            labels.append(u.speaker if action == "relabel" else None)
+    return labels
+
+
+def oracle_labels(utts: Sequence[Utterance], noise: dict[str, MovedLabel], mode: str) -> list[str | None]:
+    """--oracle: every moved utterance dropped (drop) or given back its true speaker (relabel); the rest kept."""
+    return [u.speaker if u.key not in noise else noise[u.key].true_speaker if mode == "relabel" else None
+            for u in utts]
+
+
+def retraining_list(utts: Sequence[Utterance], labels: Sequence[str | None]) -> list[Utterance]:
+    return [u if label == u.speaker else dataclasses.replace(u, speaker=label)
+            for u, label in zip(utts, labels) if label is not None]
 
 
 @dataclass(frozen=True)
@@ -144,41 +256,176 @@ def detection(removed: set[str], moved: set[str]) -> Detection:
     return Detection(len(removed), len(moved), len(removed & moved))
 
 
-def read_moved(run: Path) -> set[str]:
+def outcome(utts: Sequence[Utterance], labels: Sequence[str | None], noise: dict[str, MovedLabel]) -> dict:
+    """The report's figures: utterances removed and relabelled; against the moved ones (label noise), the
+    precision and recall of the removed, the moved ones relabelled, and those relabelled to their true speaker."""
+    removed = {u.key for u, label in zip(utts, labels) if label is None}
+    moves = [(noise.get(u.key), label) for u, label in zip(utts, labels) if label not in (None, u.speaker)]
+    found = detection(removed, set(noise))
+    return {"removed": found.removed, "relabelled": len(moves), "moved": found.moved,
+            "precision": found.precision, "recall": found.recall,
+            "relabelled_moved": sum(m is not None for m, _ in moves),
+            "relabelled_to_true": sum(m is not None and m.true_speaker == label for m, label in moves)}
+
+
+# --- the source run ----------------------------------------------------------------------------------------
+
+def read_label_noise(run: Path, utts: Sequence[Utterance]) -> dict[str, MovedLabel]:
+    """The run's label_noise.txt, `key true_speaker assigned_speaker` per line (data.corpus.write_moved_labels;
+    {} when the run injected none), checked against its training list: every key in it, under the assigned
+    speaker."""
     path = run / "label_noise.txt"
-    return {line.split()[0] for line in path.read_text().splitlines() if line.strip()} if path.is_file() else set()
+    if not path.is_file():
+        return {}
+    speaker_of = {u.key: u.speaker for u in utts}
+    noise = {}
+    for n, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        if len(line.split()) != 3:
+            raise UserError(f"{path}:{n}: expected 'key true_speaker assigned_speaker', got {line!r}")
+        m = MovedLabel(*line.split())
+        if speaker_of.get(m.key) != m.assigned_speaker:
+            where = (f"is labelled '{speaker_of[m.key]}' there, not '{m.assigned_speaker}'" if m.key in speaker_of
+                     else "is not in it")
+            raise UserError(f"{path}:{n}: does not match the run: '{m.key}' {where} ({run / 'train_list.jsonl'})")
+        noise[m.key] = m
+    return noise
+
+
+def source_checkpoint(source: Path, exp_dir: str) -> Path:
+    if not source.is_dir():
+        raise UserError(f"--from {source}: no such experiment folder")
+    if latest_checkpoint(source) is None and not (source / "checkpoints" / "best.pt").is_file():
+        raise UserError(f"{source}: no checkpoint in {source / 'checkpoints'} to score its training utterances "
+                        f"with; train_sort needs the source's trained model (and its config and speaker list)")
+    return find_checkpoint(str(source), exp_dir)
+
+
+def class_rows(trained: Trained, utts: Sequence[Utterance], source: Path) -> np.ndarray:
+    """(S,) the head's class of each of the list's sorted speakers; the checkpoint's classes must be the
+    list's (with --speed-perturb, each speaker's three speeds)."""
+    speakers = speakers_of(utts)
+    classes = speed_speakers(speakers) if trained.cfg.speed_perturb else speakers
+    if trained.speakers != classes:
+        diff = next(((a, b) for a, b in zip(trained.speakers, classes) if a != b), None)
+        first = f"; first difference: '{diff[0]}' in the checkpoint, '{diff[1]}' in the list" if diff else ""
+        raise UserError(f"{trained.path}: its speaker list ({len(trained.speakers)} classes) differs from "
+                        f"{source / 'train_list.jsonl'}'s ({len(classes)}{first}); the checkpoint was not "
+                        f"trained on this list")
+    index = {s: i for i, s in enumerate(trained.speakers)}
+    return np.array([index[s] for s in speakers])
+
+
+SCORE_KEYS = ("keep", "sort_by", "min_keep", "action", "relabel_margin")  # what the oracle ignores
+
+
+def check_command_line(cli: Config, overrides: dict[str, object]) -> None:
+    """Before any work: the range, and no flag the run would ignore."""
+    if not cli.source:
+        raise UserError("--from RUN is required: the experiment folder whose model ranks the utterances")
+    percent_range(cli.keep)  # a range that keeps nothing
+    given = [k for k in SCORE_KEYS if k in overrides]
+    if cli.oracle and given:
+        raise UserError(f"--{given[0].replace('_', '-')}: --oracle ignores the scores; give one or the other")
+    if "relabel_margin" in overrides and cli.action == "drop":
+        raise UserError("--relabel-margin: --action drop relabels nothing; use --action relabel or auto")
+
+
+def check_source(cfg: Config, trained: Trained, noise: dict[str, MovedLabel], source: Path) -> None:
+    """What the oracle and the sub-centre scores need of the source run."""
+    path = source / "label_noise.txt"
+    if cfg.oracle and not noise:
+        why = "records no moved utterance" if path.is_file() else "missing"
+        raise UserError(f"--oracle {cfg.oracle}: {path}: {why}; the oracle needs the moved utterances that a run "
+                        f"trained with --label-noise records")
+    if cfg.sort_by != "subcenter" or cfg.oracle:
+        return
+    if trained.cfg.loss != "subcenter_aam":
+        raise UserError(f"--sort-by subcenter: {source} was trained with --loss {trained.cfg.loss}; sub-centres "
+                        f"need a run trained with --loss subcenter_aam")
+    if cfg.rounds > 1 and cfg.loss != "subcenter_aam":
+        raise UserError(f"--sort-by subcenter --rounds {cfg.rounds}: round 2 ranks with the retrained model, "
+                        f"which needs --loss subcenter_aam (this command retrains with {cfg.loss})")
 
 
 # --- one round ---------------------------------------------------------------------------------------------
 
-def score_and_trim(trained: Trained, utts: list[Utterance], cfg: Config, out: Path) -> list[Utterance]:
-    # the embedder of evaluation.py and its per-checkpoint cache: trimming one model's list with several
-    # ranges or scores embeds the training utterances once
+@dataclass(frozen=True)
+class Selection:
+    labels: list[str | None]  # each source utterance's label in the retraining list; None = dropped
+    flagged: int  # utterances outside the kept range (the oracle: the moved ones)
+    extra: dict[str, int] = field(default_factory=dict)  # subcenter: the suspects, and the moved among them
+
+
+def embed(trained: Trained, utts: Sequence[Utterance], cfg: Config) -> np.ndarray:
+    """(N, D) L2-normalised. The embedder of evaluation.py and its per-checkpoint cache: ranking one model's
+    list with several ranges, scores or actions embeds the training utterances once."""
     embedder = checkpoint_embedder(cfg, trained.model, trained.path)
     emb = embedder.embed({u.key: u.path for u in utts}, lengths={u.key: u.num_samples for u in utts})
-    embeddings = np.stack([emb[u.key] for u in utts])
     trained.head.cpu()
-    scores = utterance_scores(trained, utts, cfg.sort_by, embeddings)
-    low, high = percent_range(cfg.keep)
-    by_speaker: dict[str, list[int]] = defaultdict(list)
-    for i, u in enumerate(utts):
-        by_speaker[u.speaker].append(i)
-    kept = np.zeros(len(utts), dtype=bool)
-    for idx in by_speaker.values():
-        kept[idx] = keep_typical(scores[idx], low, high, cfg.min_keep)
-    if current().main:  # under torchrun every rank holds every score; rank 0 writes them
-        lines = [f"{u.key}\t{u.speaker}\t{s:.6f}\t{int(k)}\n" for u, s, k in zip(utts, scores, kept)]
-        atomic_write_text(out / "utterance_scores.tsv", "key\tspeaker\tscore\tkept\n" + "".join(lines))
-    return [u for u, k in zip(utts, kept) if k]
+    return np.stack([emb[u.key] for u in utts])
 
 
-def removal_summary(before: Sequence[Utterance], after: Sequence[Utterance], asked_percent: float) -> str:
-    removed = Counter(u.speaker for u in before) - Counter(u.speaker for u in after)
-    per_speaker = np.array([removed.get(s, 0) for s in {u.speaker for u in before}])
-    share = 100 * (len(before) - len(after)) / len(before)
-    return (f"kept {len(after)} of {len(before)} utterances ({share:.1f} % removed, {asked_percent:g} % asked); "
+def select(trained: Trained, utts: list[Utterance], rows: np.ndarray, cfg: Config,
+           noise: dict[str, MovedLabel], out: Path) -> Selection:
+    """This round's labels (module docstring); writes out/utterance_scores.tsv."""
+    if cfg.oracle:
+        labels = oracle_labels(utts, noise, cfg.oracle)
+        write_scores(out, utts, np.full(len(utts), np.nan), labels)
+        return Selection(labels, len(noise))
+    speakers = speakers_of(utts)
+    index = {s: i for i, s in enumerate(speakers)}
+    ids = np.array([index[u.speaker] for u in utts])  # (N,)
+    embeddings = embed(trained, utts, cfg)
+    scores = utterance_scores(trained, cfg.sort_by, embeddings, ids, rows)
+    kept = kept_mask(scores.score, ids, cfg.keep, cfg.min_keep)
+    flagged = np.flatnonzero(~kept)
+    targets = ({} if cfg.action == "drop" else
+               relabel_targets(embeddings, ids, scores.own, scores.centres, flagged, cfg.relabel_margin))
+    labels = new_labels(utts, speakers, kept, targets, cfg.action)
+    write_scores(out, utts, scores.score, labels)
+    extra = {}
+    if scores.suspects is not None:
+        extra = {"non_dominant": int(scores.suspects.sum()),
+                 "non_dominant_moved": sum(u.key in noise for u, s in zip(utts, scores.suspects) if s)}
+    return Selection(labels, len(flagged), extra)
+
+
+def write_scores(out: Path, utts: Sequence[Utterance], scores: np.ndarray, labels: Sequence[str | None]) -> None:
+    """utterance_scores.tsv: key, labelled speaker, score, kept (1 = in the retraining list), and the label it
+    is retrained under ('-' when dropped). Under torchrun every rank holds every score; rank 0 writes them."""
+    if current().main:
+        lines = [f"{u.key}\t{u.speaker}\t{s:.6f}\t{int(label is not None)}\t{label or '-'}\n"
+                 for u, s, label in zip(utts, scores, labels)]
+        atomic_write_text(out / "utterance_scores.tsv", "key\tspeaker\tscore\tkept\tlabel\n" + "".join(lines))
+
+
+def selection_summary(utts: Sequence[Utterance], chosen: Selection, asked_percent: float | None) -> str:
+    removed = Counter(u.speaker for u, label in zip(utts, chosen.labels) if label is None)
+    per_speaker = np.array([removed.get(s, 0) for s in {u.speaker for u in utts}])
+    kept = sum(label is not None for label in chosen.labels)
+    asked = "the moved ones" if asked_percent is None else f"{asked_percent:g} % asked"
+    relabelled = sum(label not in (None, u.speaker) for u, label in zip(utts, chosen.labels))
+    return (f"flagged {chosen.flagged} of {len(utts)} utterances ({100 * chosen.flagged / len(utts):.1f} %, {asked}); "
+            f"kept {kept} ({100 * (len(utts) - kept) / len(utts):.1f} % removed), relabelled {relabelled}; "
             f"removed per speaker: min {per_speaker.min()}, median {np.median(per_speaker):.0f}, "
             f"max {per_speaker.max()}")
+
+
+def result_line(report: dict) -> str:
+    """The printed line of a retrained round."""
+    line = (f"round {report['round']}: {report['summary']}; test EER {100 * report['eer_before']:.2f}% -> "
+            f"{100 * report['eer_after']:.2f}%")
+    if report["moved"] and report["removed"]:
+        line += f"; removed-vs-moved precision {report['precision']:.3f} recall {report['recall']:.3f}"
+    if report["moved"] and report["relabelled"]:
+        line += (f"; relabelled {report['relabelled_moved']} of the {report['moved']} moved, "
+                 f"{report['relabelled_to_true']} to their true speaker")
+    if "non_dominant" in report:
+        line += (f"; {report['non_dominant']} utterances nearest a non-dominant sub-centre"
+                 + (f" ({report['non_dominant_moved']} of them moved)" if report["moved"] else ""))
+    return line
 
 
 def test_eer(cfg: Config, trained: Trained) -> float:
@@ -192,32 +439,71 @@ def test_eer(cfg: Config, trained: Trained) -> float:
 @dataclass(frozen=True)
 class Round:
     number: int
-    root: Path  # exp_dir/<source>-keep<low>-<high>-<sort_by>
-    label: str  # the kept range "<low>-<high>", as the research log shows it
+    root: Path  # exp_dir/<source>-keep<low>-<high>-<sort_by>[-<action>] or exp_dir/<source>-oracle-<mode>
+    method: str  # how the list is chosen, as the research log's `kept` column shows it: "0-90 (centroid"
+
+    @property
+    def out(self) -> Path:
+        return self.root / f"round{self.number}"
+
+    @property
+    def kept(self) -> str:
+        return f"{self.method}, round {self.number})"
 
 
-def run_round(cfg: Config, r: Round, trained: Trained, utts: list[Utterance], moved: set[str],
-              eer_before: float) -> tuple[dict, Trained]:
-    """Score and trim the full list with `trained`, retrain on what is kept, report; returns the report and
-    the retrained model."""
-    out = r.root / f"round{r.number}"
-    kept = score_and_trim(trained, utts, cfg, out)
-    found = detection({u.key for u in utts} - {u.key for u in kept}, moved)
+def method_text(cfg: Config) -> str:
+    if cfg.oracle:
+        return f"oracle ({cfg.oracle}"
     low, high = percent_range(cfg.keep)
-    summary = removal_summary(utts, kept, low + 100 - high)
+    return f"{low:g}-{high:g} ({cfg.sort_by}" + ("" if cfg.action == "drop" else f", {cfg.action}")
+
+
+def round_figures(r: Round, chosen: Selection, utts: Sequence[Utterance], noise: dict[str, MovedLabel],
+                  cfg: Config) -> dict:
+    kept = sum(label is not None for label in chosen.labels)
+    return {"round": r.number, "rounds_max": cfg.rounds, "method": r.kept, "flagged": chosen.flagged,
+            "kept": kept, "total": len(utts), **outcome(utts, chosen.labels, noise), **chosen.extra}
+
+
+def retrain(cfg: Config, r: Round, chosen: Selection, utts: list[Utterance], noise: dict[str, MovedLabel],
+            eer_before: float) -> tuple[dict, Trained]:
+    """Retrain on the round's list and labels, report; returns the report and the retrained model."""
+    low, high = percent_range(cfg.keep)
+    summary = selection_summary(utts, chosen, None if cfg.oracle else low + 100 - high)
     log.info("round %d: %s", r.number, summary)
     run_cfg = build_config({"name": f"{r.root.name}/round{r.number}"}, base=dataclasses.asdict(cfg))
-    run = train(run_cfg, utterances=kept, run=out, kept=f"{r.label} ({cfg.sort_by}, round {r.number})")
+    run = train(run_cfg, utterances=retraining_list(utts, chosen.labels), run=r.out, kept=r.kept)
     retrained = load_trained(find_checkpoint(str(run), cfg.exp_dir))
-    eer_after = test_eer(cfg, retrained)
-    report = {"round": r.number, "summary": summary, "kept": len(kept), "total": len(utts),
-              "eer_before": eer_before, "eer_after": eer_after, "removed": found.removed,
-              "moved": found.moved, "precision": found.precision, "recall": found.recall}
+    report = {**round_figures(r, chosen, utts, noise, cfg), "summary": summary, "retrained": True,
+              "eer_before": eer_before, "eer_after": test_eer(cfg, retrained)}
     if current().main:
-        atomic_write_text(out / "report.json", json.dumps(report, indent=2))
-        noise = f"; removed-vs-moved precision {found.precision:.3f} recall {found.recall:.3f}" if found.moved else ""
-        print(f"round {r.number}: {summary}; test EER {100 * eer_before:.2f}% -> {100 * eer_after:.2f}%{noise}")
+        atomic_write_text(r.out / "report.json", json.dumps(report, indent=2))
+        print(result_line(report))
     return report, retrained
+
+
+def run_rounds(cfg: Config, root: Path, trained: Trained, utts: list[Utterance], rows: np.ndarray,
+               noise: dict[str, MovedLabel], eer_before: float) -> list[dict]:
+    """Up to cfg.rounds rounds, each re-scoring the full source list with the newest model; a round whose
+    list and labels equal the previous round's is not retrained (it would train the same model again) and
+    ends them: its report.json says so ("retrained": false, "stopped")."""
+    reports: list[dict] = []
+    previous = None
+    for k in range(1, cfg.rounds + 1):
+        r = Round(k, root, method_text(cfg))
+        chosen = select(trained, utts, rows, cfg, noise, r.out)
+        if chosen.labels == previous:
+            log.info("round %d: kept list unchanged, stopping", k)
+            report = {**round_figures(r, chosen, utts, noise, cfg), "retrained": False,
+                      "stopped": f"the list and labels of round {k - 1} again: not retrained, rounds ended"}
+            if current().main:
+                atomic_write_text(r.out / "report.json", json.dumps(report, indent=2))
+            reports.append(report)
+            break
+        report, trained = retrain(cfg, r, chosen, utts, noise, eer_before)
+        reports.append(report)
+        previous, eer_before = chosen.labels, report["eer_after"]
+    return reports
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -226,24 +512,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--from", dest="source", metavar="RUN", help="the experiment folder to start from")
     overrides, _ = parse_args(argv, __doc__, parser)
     cli = build_config(overrides)
-    if not cli.source:
-        raise UserError("--from RUN is required: the experiment folder whose model ranks the utterances")
-    low, high = percent_range(cli.keep)  # a range that keeps nothing fails before any work
+    check_command_line(cli, overrides)
     source = Path(cli.source)
-    trained = load_trained(find_checkpoint(str(source), cli.exp_dir))
+    trained = load_trained(source_checkpoint(source, cli.exp_dir))
     check_model_keys(overrides, trained.cfg, source)
-    utts, moved = read_train_list(source), read_moved(source)
-    # the source's config (label noise, if any, is in its list already), this command line on top
-    cfg = build_config(overrides, base={**dataclasses.asdict(trained.cfg), "resume": False})
+    utts = read_train_list(source)
+    rows = class_rows(trained, utts, source)
+    noise = read_label_noise(source, utts)
+    # the source's config (label noise, if any, is in its list already; its own train_sort keys, if it was a
+    # train_sort round, are not carried over), this command line on top
+    saved = {k: v for k, v in dataclasses.asdict(trained.cfg).items() if k not in SORT_KEYS}
+    cfg = build_config(overrides, base={**saved, "resume": False})
+    check_source(cfg, trained, noise, source)
     d = init_distributed(cfg.device, cfg.dist_timeout_min)  # under torchrun: every rank embeds its share
-    root = Path(cfg.exp_dir) / (overrides.get("name") or f"{source.name}-keep{low:g}-{high:g}-{cfg.sort_by}")
-    eer_before = test_eer(cfg, trained)
-    reports = []
-    for k in range(1, cfg.rounds + 1):  # each round re-scores the full source list with the newest model
-        report, trained = run_round(cfg, Round(k, root, f"{low:g}-{high:g}"), trained, utts, moved,
-                                    eer_before)
-        reports.append(report)
-        eer_before = report["eer_after"]
+    low, high = percent_range(cfg.keep)
+    method = (f"oracle-{cfg.oracle}" if cfg.oracle else f"keep{low:g}-{high:g}-{cfg.sort_by}"
+              + ("" if cfg.action == "drop" else f"-{cfg.action}"))
+    root = Path(cfg.exp_dir) / (overrides.get("name") or f"{source.name}-{method}")
+    reports = run_rounds(cfg, root, trained, utts, rows, noise, test_eer(cfg, trained))
     finish_distributed(d)
     return reports
 

@@ -2,6 +2,7 @@
 
     python -m bench.baseline_eer                               # corpora/demo, test split (generated if absent)
     python -m bench.baseline_eer --corpus DIR --split val      # any VoxCeleb-style corpus with <split>/trials.txt
+    python -m bench.baseline_eer --corpus corpora/harmonic --generator harmonic   # the second corpus (generated)
 
 Baseline: each utterance is its mean log-mel vector (data.features.fbank with FbankOptions(): 80 mel bins,
 25 ms / 10 ms frames), minus the mean of those vectors over every utterance of the trial list; a trial's score
@@ -22,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from config import Config
+from config import CHOICES, Config
 from data.audio import load_audio
 from data.features import FbankOptions, fbank
-from data.synth import ensure_demo_corpus
+from data.synth_harmonic import ensure_generated
 from data.trials import read_trials
 from metrics import compute_eer
 from utils import UserError, run_main
@@ -74,11 +75,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default="test", help="split whose trials to score (default: %(default)s)")
     parser.add_argument("--trials", type=Path, default=None, help="trial list (default: <corpus>/<split>/trials.txt)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
+    parser.add_argument("--generator", choices=CHOICES["demo_generator"], default=None,
+                        help="generate --corpus with this generator (data/synth.py or data/synth_harmonic.py) when "
+                             "absent, incomplete or made by another (default: only the demo corpus is generated, "
+                             "with the configured demo_generator)")
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    if args.corpus.resolve() == demo.resolve():
-        ensure_demo_corpus(demo)
+    if args.generator:
+        ensure_generated(args.corpus, args.generator)
+    elif args.corpus.resolve() == demo.resolve():
+        ensure_generated(demo, Config().demo_generator)
     wav_dir = args.corpus / args.split / "wav"
     if not wav_dir.is_dir():
         raise UserError(f"{wav_dir}: no such folder (expected <corpus>/<split>/wav)")

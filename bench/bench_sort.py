@@ -1,28 +1,39 @@
-"""The train_sort headline experiment: noisy labels, percentile trimming, retraining; one Markdown table.
+"""The train_sort comparison: noisy labels, then each way of cleaning them, retrained; one Markdown table.
 
-    python -m bench.bench_sort                                    # noise 0.1, 0.2 x keep 5-95, 10-90, 0-90, 0-80
-    python -m bench.bench_sort --seeds 0 1 2 --oracle             # the README's table: 3 seeds, with the oracle
-    python -m bench.bench_sort --noise 0.2 --keep 5-95 -- --epochs 4 --channels 256   # flags after -- go to
-                                                                  # every train.py / train_sort.py run
+    python -m bench.bench_sort --corpus demo --noise 0.1 0.2 --seeds 0 1 2 -- --epochs 8      # every method
+    python -m bench.bench_sort --corpus harmonic --methods drop auto oracle-drop --seeds 0 1 2 -- --epochs 8
+    python -m bench.bench_sort --keep 5-95 10-90 0-90 0-80 --methods drop    # the earlier comparison of ranges
 
-Run from the repository root. Every run shares one config and seed (the defaults plus the flags after --;
---seeds repeats the whole experiment per seed):
-- clean: train.py on the demo corpus as it is;
+Run from the repository root. `--corpus demo` is the generated demo corpus (the config defaults); `--corpus
+harmonic` gives every run `--config recipes/harmonic.yaml`. Every run of a seed shares one config: the
+corpus's, the flags after `--` (given to every train.py / train_sort.py run) and `--seed s`; --seeds repeats the
+whole experiment per seed, in <root>/<corpus>/seed<s>/:
+- clean: train.py on the corpus as it is;
 - noisy-<n>: train.py --label-noise n (a seeded fraction n of the utterances moved to another speaker);
-- noisy-<n>-keep<lo>-<hi>: train_sort.py --from noisy-<n> --keep lo hi (centroid scores, 1 round);
-- noisy-<n>-oracle (--oracle): the noisy run's list minus exactly the moved utterances, retrained: what a
-  perfect detector would give (it also trains on fewer utterances, like the trimmed runs).
+and for each noise level the methods (--methods; drop, relabel, auto and subcenter once per --keep range):
+- drop: noisy-<n>-keep<lo>-<hi>, train_sort.py --from noisy-<n> --keep lo hi (centroid scores, 1 round);
+- relabel, auto: noisy-<n>-keep<lo>-<hi>-<action>, the same with --action relabel / auto;
+- subcenter: noisy-<n>-subcenter, train.py --label-noise n --loss subcenter_aam (a row of its own: Deng et al.'s
+  head alone), then noisy-<n>-subcenter-keep<lo>-<hi>, train_sort.py --sort-by subcenter on it, retrained with
+  the noisy run's loss so that the row compares with the others;
+- intrain: noisy-<n>-intrain, train.py --label-noise n --filter-share S --filter-warmup W --epochs 2E, E the
+  noisy run's epochs: the same total training as a trim-and-retrain (E epochs to rank, E to retrain); S is
+  --filter-share (default: the first range's flagged share, 0.2 for 0-80), W --filter-warmup (default E);
+- oracle-drop, oracle-relabel: noisy-<n>-oracle-<drop|relabel>, train_sort.py --oracle: exactly the moved
+  utterances dropped, or given back their true speaker (a perfect detector). (The earlier `--oracle` flag is
+  oracle-drop.)
 Each run is skipped when its results exist, so a killed bench resumes where it stopped: a training run killed
 midway continues from its last epoch checkpoint, a train_sort round is redone (and the runs of one seed may be
 spread over several processes or machines, then tabulated together).
 
-Columns: test EER and minDCF(0.01) of the best-val checkpoint; for the trimmed runs, the utterances removed,
-the precision and recall of the removed set against the moved one, and "gap closed" = (EER noisy - EER
-run) / (EER noisy - EER clean). Detection diagnostics, from the noisy model's per-utterance scores: AUC of
-the score for telling moved from clean utterances of a speaker (1 = every moved one ranks below every clean
-one), and the "typical share": the fraction of removed utterances from the more typical half of their
-speaker (those are hardly ever moved ones: a range that starts above 0 spends that part of its budget on the
-most typical clean utterances).
+Columns (means over the seeds): the utterances removed, and relabelled (in brackets: to their true speaker);
+precision and recall of the removed set against the moved one (intrain: its last epoch's left-out set, from
+log.csv); "score AUC", how well the ranking score tells
+moved from clean utterances of a speaker (1 = every moved one ranks below every clean one); test EER (the
+best-val checkpoint's; min-max over the seeds) and minDCF(0.01); "gap closed" = (EER noisy - EER row) /
+(EER noisy - EER clean) from the means, with the range of the seeds' own gaps; and the pooled paired verdict
+of the row (A) against its noise level's noisy run (B): sweep.pooled, speakers and seeds resampled, on the
+score files compare.py reads.
 """
 
 from __future__ import annotations
@@ -33,28 +44,55 @@ import json
 import logging
 import shutil
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+import sweep
 import train
 import train_sort
-from config import build_config, parse_args
+from compare import OneLineParser, read_score_file, score_path
+from config import FIELDS, Config, build_config, load_yaml
 from evaluation import read_train_list
-from runs import latest_checkpoint, load_checkpoint
+from metrics import P_TARGETS, verdict
+from runs import latest_checkpoint
 from utils import UserError, atomic_write_text, run_main
 
 log = logging.getLogger("voiceprint")
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS_CONFIGS = {"demo": None, "harmonic": ROOT / "recipes" / "harmonic.yaml"}  # --config of every run
+METHODS = ("drop", "relabel", "auto", "subcenter", "intrain", "oracle-drop", "oracle-relabel")
+OWNED = ("seed", "name", "exp_dir", "resume", "label_noise", "filter_share", "filter_warmup")  # set per run
+VERDICT_WORDS = {"A better": "better", "B better": "worse", "not resolved": "not resolved"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    noises: list[float]
+    methods: list[str]
+    keeps: list[tuple[float, float]]
+    filter_share: float | None  # intrain; None = the first range's flagged share
+    filter_warmup: int | None  # intrain; None = the noisy run's epochs
+
+
+def corpus_flags(corpus: str) -> list[str]:
+    config = CORPUS_CONFIGS[corpus]
+    return [] if config is None else ["--config", str(config)]
 
 
 def parse_keep(text: str) -> tuple[float, float]:
     try:
         low, high = (float(x) for x in text.split("-"))
     except ValueError:
-        raise UserError(f"--keep {text}: expected LOW-HIGH percentiles, e.g. 5-95") from None
-    return low, high
+        raise UserError(f"--keep {text}: expected LOW-HIGH percentiles, e.g. 0-80") from None
+    return train_sort.percent_range([low, high])
 
+
+# --- the runs --------------------------------------------------------------------------------------------
 
 def results(run: Path) -> dict | None:
     path = run / "results.json"
@@ -71,8 +109,7 @@ def train_run(root: Path, name: str, flags: list[str]) -> dict:
     return results(run)
 
 
-def sort_run(root: Path, source: str, keep: tuple[float, float], flags: list[str]) -> tuple[Path, dict]:
-    name = f"{source}-keep{keep[0]:g}-{keep[1]:g}"
+def sort_run(root: Path, name: str, source: str, flags: list[str]) -> tuple[Path, dict]:
     run = root / name / "round1"
     if results(run) is None:
         partial = run / "checkpoints"
@@ -80,121 +117,274 @@ def sort_run(root: Path, source: str, keep: tuple[float, float], flags: list[str
             log.warning("bench_sort: %s holds an unfinished round; its checkpoints are removed and it is redone", run)
             shutil.rmtree(partial)
         log.info("bench_sort: train_sort %s", run)
-        train_sort.main(["--exp-dir", str(root), "--name", name, "--from", str(root / source),
-                         "--keep", f"{keep[0]:g}", f"{keep[1]:g}", *flags])
+        train_sort.main(["--exp-dir", str(root), "--name", name, "--from", str(root / source), *flags])
     return run, results(run)
 
 
-def oracle_run(root: Path, source: str, flags: list[str]) -> dict:
-    """The noisy run's list without the moved utterances, retrained with the noisy run's config."""
-    run = root / f"{source}-oracle"
-    if results(run) is None:
-        moved = train_sort.read_moved(root / source)
-        kept = [u for u in read_train_list(root / source) if u.key not in moved]
-        saved = load_checkpoint(root / source / "checkpoints" / "best.pt")["config"]
-        overrides, _ = parse_args(flags, __doc__)
-        resume = latest_checkpoint(run) is not None  # killed before its results: resumed
-        cfg = build_config({**overrides, "name": run.name, "resume": resume}, base=saved)
-        log.info("bench_sort: oracle %s (%d utterances)%s", run, len(kept), ", resumed" if resume else "")
-        train.train(cfg, utterances=kept, run=run, kept="oracle: all moved removed")
-    return results(run)
+def saved_config(run: Path) -> Config:
+    return build_config({}, base=load_yaml(run / "config.yaml"))
 
 
-def diagnostics(sorted_run: Path, moved: set[str]) -> dict[str, float]:
-    """AUC of the per-utterance score for moved vs clean utterances (within-speaker percentile ranks pooled),
-    and the fraction of removed utterances from each speaker's more typical half."""
+def score_auc(sorted_run: Path, moved: set[str]) -> float:
+    """AUC of the per-utterance score (utterance_scores.tsv) for moved vs clean utterances, within-speaker
+    percentile ranks pooled; nan without moved utterances."""
     with open(sorted_run / "utterance_scores.tsv") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     by_speaker: dict[str, list[dict]] = {}
     for row in rows:
         by_speaker.setdefault(row["speaker"], []).append(row)
-    ranks, is_moved, typical_removed, removed = [], [], 0, 0
+    ranks, is_moved = [], []
     for members in by_speaker.values():
-        scores = np.array([float(r["score"]) for r in members])
-        order = scores.argsort().argsort()
+        order = np.array([float(r["score"]) for r in members]).argsort().argsort()
         ranks += list((order + 0.5) / len(members))
         is_moved += [r["key"] in moved for r in members]
-        median = np.median(scores)
-        for r, s in zip(members, scores):
-            if r["kept"] == "0":
-                removed += 1
-                typical_removed += s > median
-    auc = roc_auc_score(is_moved, -np.array(ranks)) if 0 < sum(is_moved) < len(is_moved) else float("nan")
-    return {"auc": auc, "typical_share": typical_removed / removed if removed else 0.0}
+    return roc_auc_score(is_moved, -np.array(ranks)) if 0 < sum(is_moved) < len(is_moved) else float("nan")
 
 
-def experiment(root: Path, noises: list[float], keeps: list[tuple[float, float]], oracle: bool,
-               flags: list[str]) -> list[dict]:
-    """Every run of one seed (trained unless its results exist), as rows: name, noise, kept, eer, min_dcf and,
-    for the trimmed and oracle runs, removed, precision, recall (and auc, typical share when trimmed)."""
-    clean = train_run(root, "clean", flags)
-    rows = [{"run": "clean", "noise": 0.0, "kept": "all", "eer": clean["eer"], "min_dcf": clean["min_dcf"]["0.01"]}]
-    for noise in noises:
-        source = f"noisy-{noise:g}"
-        noisy = train_run(root, source, ["--label-noise", f"{noise:g}", *flags])
-        rows.append({"run": source, "noise": noise, "kept": "all", "eer": noisy["eer"],
-                     "min_dcf": noisy["min_dcf"]["0.01"]})
-        moved = train_sort.read_moved(root / source)
-        for keep in keeps:
-            run, r = sort_run(root, source, keep, flags)
-            report = json.loads((run / "report.json").read_text())
-            rows.append({"run": f"{source}-keep{keep[0]:g}-{keep[1]:g}", "noise": noise,
-                         "kept": f"{keep[0]:g}-{keep[1]:g}", "eer": r["eer"], "min_dcf": r["min_dcf"]["0.01"],
-                         "removed": report["total"] - report["kept"], "precision": report["precision"],
-                         "recall": report["recall"], **diagnostics(run, moved)})
-        if oracle:
-            r = oracle_run(root, source, flags)
-            rows.append({"run": f"{source}-oracle", "noise": noise, "kept": "all clean", "eer": r["eer"],
-                         "min_dcf": r["min_dcf"]["0.01"], "removed": len(moved), "precision": 1.0, "recall": 1.0})
+def result_row(name: str, noise: float, method: str, run: Path, r: dict) -> dict:
+    return {"id": name, "noise": noise, "method": method, "run": run, "eer": r["eer"],
+            "min_dcf": r["min_dcf"][str(P_TARGETS[0])]}
+
+
+def sort_row(root: Path, name: str, source: str, noise: float, method: str, flags: list[str],
+             moved: set[str]) -> dict:
+    """A train_sort run (`flags` after the shared ones) as a row, with its report's counts."""
+    run, r = sort_run(root, name, source, flags)
+    report = json.loads((run / "report.json").read_text())
+    # .get: a report of the earlier train_sort (drop only) has no relabelled counts
+    row = {**result_row(name, noise, method, run, r), "removed": report["removed"],
+           "relabelled": report.get("relabelled", 0), "to_true": report.get("relabelled_to_true", 0),
+           "precision": report["precision"], "recall": report["recall"]}
+    return row if "--oracle" in flags else {**row, "auc": score_auc(run, moved)}
+
+
+@dataclass(frozen=True)
+class Noisy:
+    """One noise level's noisy run, what every method starts from."""
+    root: Path
+    name: str  # noisy-<n>
+    noise: float
+    flags: list[str]  # the shared flags (corpus, after --, seed)
+    moved: set[str]
+
+    def train_flags(self, *extra: str) -> list[str]:
+        return ["--label-noise", f"{self.noise:g}", *self.flags, *extra]
+
+
+def range_name(keep: tuple[float, float]) -> str:
+    return f"{keep[0]:g}-{keep[1]:g}"
+
+
+def sorted_rows(n: Noisy, plan: Plan, action: str) -> list[dict]:
+    suffix, extra = ("", []) if action == "drop" else (f"-{action}", ["--action", action])
+    return [sort_row(n.root, f"{n.name}-keep{range_name(k)}{suffix}", n.name, n.noise, f"{action} {range_name(k)}",
+                     [*n.flags, "--keep", f"{k[0]:g}", f"{k[1]:g}", *extra], n.moved) for k in plan.keeps]
+
+
+def subcenter_rows(n: Noisy, plan: Plan) -> list[dict]:
+    head = f"{n.name}-subcenter"
+    r = train_run(n.root, head, n.train_flags("--loss", "subcenter_aam"))
+    rows = [result_row(head, n.noise, "subcenter_aam head", n.root / head, r)]
+    loss = saved_config(n.root / n.name).loss  # the retraining's head: the noisy run's
+    return rows + [sort_row(n.root, f"{head}-keep{range_name(k)}", head, n.noise, f"subcenter {range_name(k)}",
+                            [*n.flags, "--keep", f"{k[0]:g}", f"{k[1]:g}", "--sort-by", "subcenter", "--loss", loss],
+                            n.moved) for k in plan.keeps]
+
+
+def filter_settings(plan: Plan, epochs: int) -> tuple[float, int]:
+    """intrain's (share, warmup): the plan's, else the first range's flagged share and the noisy run's epochs."""
+    low, high = plan.keeps[0]
+    share = plan.filter_share if plan.filter_share is not None else (low + 100 - high) / 100
+    return share, plan.filter_warmup if plan.filter_warmup is not None else epochs
+
+
+def last_left_out(run: Path) -> dict[str, float]:
+    """An in-training filtered run's last epoch (log.csv): the utterances it left out and, against the moved
+    ones, their precision and recall."""
+    with open(run / "log.csv") as f:
+        last = list(csv.DictReader(f))[-1]
+    fields = {"removed": "left_out", "precision": "left_out_precision", "recall": "left_out_recall"}
+    return {key: float(last[field]) for key, field in fields.items() if last.get(field)}
+
+
+def intrain_rows(n: Noisy, plan: Plan) -> list[dict]:
+    epochs = saved_config(n.root / n.name).epochs
+    share, warmup = filter_settings(plan, epochs)
+    name = f"{n.name}-intrain"
+    r = train_run(n.root, name, n.train_flags("--filter-share", f"{share:g}", "--filter-warmup", str(warmup),
+                                              "--epochs", str(2 * epochs)))
+    return [{**result_row(name, n.noise, f"intrain {share:g} after {warmup}", n.root / name, r),
+             **last_left_out(n.root / name)}]
+
+
+def oracle_rows(n: Noisy, mode: str) -> list[dict]:
+    return [sort_row(n.root, f"{n.name}-oracle-{mode}", n.name, n.noise, f"oracle-{mode}",
+                     [*n.flags, "--oracle", mode], n.moved)]
+
+
+METHOD_ROWS: dict[str, Callable[[Noisy, Plan], list[dict]]] = {
+    "drop": lambda n, plan: sorted_rows(n, plan, "drop"),
+    "relabel": lambda n, plan: sorted_rows(n, plan, "relabel"),
+    "auto": lambda n, plan: sorted_rows(n, plan, "auto"),
+    "subcenter": subcenter_rows,
+    "intrain": intrain_rows,
+    "oracle-drop": lambda n, plan: oracle_rows(n, "drop"),
+    "oracle-relabel": lambda n, plan: oracle_rows(n, "relabel"),
+}
+
+
+def experiment(root: Path, plan: Plan, flags: list[str]) -> list[dict]:
+    """Every run of one seed (trained unless its results exist), as rows: id (the run's name), noise, method,
+    run (the folder holding its scores), eer, min_dcf and, for the train_sort runs, removed, relabelled,
+    to_true, precision, recall (and auc when scored)."""
+    rows = [result_row("clean", 0.0, "clean", root / "clean", train_run(root, "clean", flags))]
+    for noise in plan.noises:
+        name = f"noisy-{noise:g}"
+        r = train_run(root, name, ["--label-noise", f"{noise:g}", *flags])
+        rows.append(result_row(name, noise, "noisy", root / name, r))
+        moved = set(train_sort.read_label_noise(root / name, read_train_list(root / name)))
+        n = Noisy(root, name, noise, flags, moved)
+        for method in plan.methods:
+            rows += METHOD_ROWS[method](n, plan)
     return rows
 
 
-def table(per_seed: list[list[dict]]) -> str:
-    """One row per run: means over seeds (and the range of the EER when there are several seeds); gap
-    closed from the mean EERs."""
+# --- the table -------------------------------------------------------------------------------------------
+
+def noisy_id(noise: float) -> str:
+    return f"noisy-{noise:g}"
+
+
+def pooled_verdicts(per_seed: list[list[dict]], unit: str, rounds: int) -> dict[str, str]:
+    """Each cleaned row's pooled paired verdict against its noise level's noisy run, over the seeds
+    (sweep.pooled on the first test list's score files; A = the row, B = the noisy run)."""
+    runs = [{row["id"]: row["run"] for row in seed_rows} for seed_rows in per_seed]
+    out = {}
+    for row in per_seed[0]:
+        if row["noise"] == 0 or row["id"] == noisy_id(row["noise"]):
+            continue
+        a = [read_score_file(score_path(r[row["id"]], "", "none")) for r in runs]
+        b = [read_score_file(score_path(r[noisy_id(row["noise"])], "", "none")) for r in runs]
+        speakers = sweep.speakers([*a, *b], argparse.Namespace(unit=unit, utt2spk=""))
+        point, (low, high) = sweep.pooled(a, b, speakers, rounds)
+        out[row["id"]] = (f"{sweep.percent(point)} [{sweep.percent(low)}, {sweep.percent(high)}] "
+                          f"{VERDICT_WORDS[verdict((low, high))]}")
+    return out
+
+
+def gap_cell(row: dict, by_id: list[dict[str, dict]], mean: dict[str, dict]) -> str:
+    """Gap closed from the mean EERs, and the range of the seeds' own gaps (n/a where a seed has no gap)."""
+    noisy, clean = mean[noisy_id(row["noise"])]["eer"], mean["clean"]["eer"]
+    if noisy <= clean:
+        return "n/a (no gap)"
+    text = f"{100 * (noisy - mean[row['id']]['eer']) / (noisy - clean):.0f}%"
+    if len(by_id) == 1:
+        return text
+    gaps = [(s[noisy_id(row["noise"])]["eer"] - s[row["id"]]["eer"]) / (s[noisy_id(row["noise"])]["eer"] -
+                                                                         s["clean"]["eer"])
+            for s in by_id if s[noisy_id(row["noise"])]["eer"] > s["clean"]["eer"]]
+    return text + (f" ({100 * min(gaps):.0f}% to {100 * max(gaps):.0f}%)" if len(gaps) == len(by_id) else " (n/a)")
+
+
+def table(per_seed: list[list[dict]], verdicts: dict[str, str]) -> str:
+    """One row per run of the first seed, matched by id in the others: means over seeds (and the EER's range);
+    gap closed from the mean EERs."""
+    by_id = [{row["id"]: row for row in seed_rows} for seed_rows in per_seed]
     many = len(per_seed) > 1
     eer_head = f"test EER % (mean of {len(per_seed)} seeds; min-max)" if many else "test EER %"
-    lines = [f"| run | label noise | kept | removed | precision | recall | score AUC | typical share | {eer_head} | "
-             "minDCF0.01 | gap closed |", "|" + "---|" * 11]
+    lines = [f"| label noise | method | removed | relabelled (to true speaker) | precision | recall | score AUC | "
+             f"{eer_head} | minDCF{P_TARGETS[0]} | gap closed (seeds' range) | vs noisy: A - B EER % pooled "
+             "(95% interval) |", "|" + "---|" * 11]
     mean = {}
-    for i, row in enumerate(per_seed[0]):
-        values = [seed_rows[i] for seed_rows in per_seed]
-        mean[row["run"]] = {k: float(np.mean([v[k] for v in values])) for k in row if isinstance(row[k], float | int)}
-        mean[row["run"]]["eers"] = [100 * v["eer"] for v in values]
     for row in per_seed[0]:
-        m = mean[row["run"]]
-        eer = f"{100 * m['eer']:.2f}" + (f" ({min(m['eers']):.2f}-{max(m['eers']):.2f})" if many else "")
-        gap = ""
-        if row["noise"] > 0 and row["kept"] != "all":
-            noisy, clean = mean[f"noisy-{row['noise']:g}"]["eer"], mean["clean"]["eer"]
-            gap = f"{100 * (noisy - m['eer']) / (noisy - clean):.0f}%" if noisy > clean else "n/a (no gap)"
+        values = [s[row["id"]] for s in by_id]
+        mean[row["id"]] = {k: float(np.mean([v[k] for v in values])) for k in row
+                           if isinstance(row[k], float | int) and not isinstance(row[k], bool)}
+        mean[row["id"]]["eers"] = [100 * v["eer"] for v in values]
+    for row in per_seed[0]:
+        m = mean[row["id"]]
 
         def cell(key: str, digits: int, m: dict = m) -> str:
             return f"{m[key]:.{digits}f}" if key in m else ""
 
-        lines.append(f"| {row['run']} | {row['noise']:g} | {row['kept']} | {cell('removed', 0)} | "
-                     f"{cell('precision', 2)} | {cell('recall', 2)} | {cell('auc', 3)} | {cell('typical_share', 2)} | "
-                     f"{eer} | {cell('min_dcf', 4)} | {gap} |")
+        eer = f"{100 * m['eer']:.2f}" + (f" ({min(m['eers']):.2f}-{max(m['eers']):.2f})" if many else "")
+        relabelled = f"{cell('relabelled', 0)} ({cell('to_true', 0)})" if "relabelled" in m else ""
+        gap = gap_cell(row, by_id, mean) if row["noise"] > 0 and row["id"] != noisy_id(row["noise"]) else ""
+        lines.append(f"| {row['noise']:g} | {row['method']} | {cell('removed', 0)} | {relabelled} | "
+                     f"{cell('precision', 2)} | {cell('recall', 2)} | {cell('auc', 3)} | {eer} | "
+                     f"{cell('min_dcf', 4)} | {gap} | {verdicts.get(row['id'], '')} |")
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> str:
-    argv = sys.argv[1:] if argv is None else argv
-    flags = argv[argv.index("--") + 1:] if "--" in argv else []
-    own = argv[:argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def notes(plan: Plan, corpus: str, rounds: int) -> str:
+    text = (f"\nCorpus: {corpus}. Methods: drop / relabel / auto = train_sort.py --action, centroid scores, the "
+            "kept range after the name; subcenter = the noisy list ranked by a --loss subcenter_aam run's dominant "
+            "sub-centres, retrained with the noisy run's loss (`subcenter_aam head`: that run itself, no "
+            "cleaning); oracle = the moved utterances dropped or given back their true speaker. Verdict: the row "
+            f"(A) against its noise level's noisy run (B), speakers and seeds resampled ({rounds} replicates); "
+            "better / worse when the 95 % interval of EER(A) - EER(B) excludes 0.\n")
+    if "intrain" in plan.methods:
+        text += ("intrain = one train.py run with in-training filtering (`intrain S after W`: each speaker's "
+                 "highest-loss share S left out of every epoch after the first W) for twice the noisy run's "
+                 "epochs: the same total training as trim-and-retrain (the noisy run's epochs to rank, as many "
+                 "to retrain); its removed, precision and recall are those of its last epoch's left-out set.\n")
+    return text
+
+
+# --- the command line ------------------------------------------------------------------------------------
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    cut = argv.index("--") if "--" in argv else len(argv)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", choices=tuple(CORPUS_CONFIGS), default="demo", help="demo | harmonic")
     parser.add_argument("--noise", type=float, nargs="+", default=[0.1, 0.2], help="label-noise fractions")
-    parser.add_argument("--keep", nargs="+", default=["5-95", "10-90", "0-90", "0-80"], help="kept ranges LOW-HIGH")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="what is compared")
+    parser.add_argument("--keep", nargs="+", default=["0-80"], help="kept ranges LOW-HIGH of drop, relabel, "
+                        "auto and subcenter")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds; each runs the whole experiment "
-                        "in <root>/seed<s> with --seed s, and the table gives means over seeds")
+                        "in <root>/<corpus>/seed<s> with --seed s, and the table gives means over seeds")
     parser.add_argument("--root", type=Path, default=Path("exp/bench_sort"), help="experiments folder")
-    parser.add_argument("--oracle", action="store_true", help="also retrain without exactly the moved utterances")
-    args = parser.parse_args(own)
-    keeps = [parse_keep(k) for k in args.keep]
-    per_seed = [experiment(args.root / f"seed{seed}", args.noise, keeps, args.oracle, [*flags, "--seed", str(seed)])
+    parser.add_argument("--filter-share", type=float, default=None, help="intrain: share left out per epoch "
+                        "(default: the first range's flagged share)")
+    parser.add_argument("--filter-warmup", type=int, default=None, help="intrain: epochs before filtering "
+                        "(default: the noisy run's epochs)")
+    parser.add_argument("--unit", choices=("speaker", "trial"), default="speaker", help="what the verdicts resample")
+    parser.add_argument("--verdict-rounds", type=int, default=1000, help="bootstrap replicates of the verdicts")
+    parser.add_argument("--oracle", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv[:cut])
+    if args.oracle:
+        raise UserError("--oracle: replaced by --methods oracle-drop (and oracle-relabel)")
+    return args, argv[cut + 1:]
+
+
+def check(args: argparse.Namespace, flags: list[str]) -> Plan:
+    """Everything checked before the first run trains."""
+    config = CORPUS_CONFIGS[args.corpus]
+    if config is not None and not config.is_file():
+        raise UserError(f"--corpus {args.corpus}: {config}: missing (the corpus's recipe)")
+    given = sweep.train_overrides([*corpus_flags(args.corpus), *flags])  # train.py's errors, one line
+    owned = [k for k in OWNED if k in given]
+    if owned:
+        raise UserError(f"--{owned[0].replace('_', '-')}: set by bench_sort for each run; not a shared flag")
+    if "intrain" in args.methods and "filter_share" not in FIELDS:
+        raise UserError("--methods intrain: this train.py has no --filter-share (in-training filtering)")
+    if args.filter_share is not None and not 0 < args.filter_share < 1:
+        raise UserError(f"--filter-share: must be in (0, 1), got {args.filter_share}")
+    if args.verdict_rounds < 1:
+        raise UserError(f"--verdict-rounds: must be >= 1, got {args.verdict_rounds}")
+    return Plan(args.noise, list(dict.fromkeys(args.methods)), [parse_keep(k) for k in args.keep],
+                args.filter_share, args.filter_warmup)
+
+
+def main(argv: list[str] | None = None) -> str:
+    args, flags = parse(sys.argv[1:] if argv is None else argv)
+    plan = check(args, flags)
+    root = args.root / args.corpus
+    per_seed = [experiment(root / f"seed{seed}", plan, [*corpus_flags(args.corpus), *flags, "--seed", str(seed)])
                 for seed in args.seeds]
-    text = table(per_seed)
-    atomic_write_text(args.root / "bench_sort.md", text)
+    text = table(per_seed, pooled_verdicts(per_seed, args.unit, args.verdict_rounds))
+    text += notes(plan, args.corpus, args.verdict_rounds)
+    atomic_write_text(root / "bench_sort.md", text)
     print(text)
     return text
 

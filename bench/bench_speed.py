@@ -3,6 +3,9 @@
     python -m bench.bench_speed                                   # the default run; ResNet34 is most of its time
     python -m bench.bench_speed --models ecapa_tdnn --steps 5      # more steps, one model
     python -m bench.bench_speed --skip-allocator --skip-extraction
+    python -m bench.bench_speed --skip-training --skip-extraction --skip-epoch   # the wespeaker-style comparison
+    python -m bench.bench_speed --skip-training --skip-versus --skip-extraction \
+        --epoch-variants "" "--num-workers 0"                       # epoch vs model-only step, two loaders
 
 Run from the repository root. Every number in the table comes from this one run, so the ratios compare
 measurements taken minutes apart on the same machine under the same load. What is measured:
@@ -36,6 +39,22 @@ measurements taken minutes apart on the same machine under the same load. What i
   ECAPA-TDNN C=512 costs 0.96 GFLOP per audio second, so about 1.0 means the extraction runs at the GEMM's
   pace, and the real-time factor on a quiet machine is about that number times the GEMM rate measured there.
 
+- wespeaker-style comparison (a subprocess; --versus-speakers AAM classes, 1,000 by default as in issue 16):
+  the default step (bf16, fused Adam), eager and with the model compiled as `train.py --compile on` does
+  (inductor, static shapes; its compile timed), against the paper-exact ECAPA-TDNN step as wespeaker runs it on
+  a CPU: fp32, the literal attentive statistics pooling (tests/test_speed.py's ReferencePooling), torch's
+  default Adam; the three alternate step by step. Target: default / wespeaker-style <= 0.40x.
+- epoch: one epoch of train.py's own run_epoch on --epoch-corpus (training loop with the real loader, fbank,
+  SpecAugment, validation, checkpoint, log, curves) against its batches x the model-only step (the same model,
+  head and optimizer on a fixed fbank batch), timed --steps times just before and just after the epoch in the
+  same subprocess; one row per --epoch-variants entry (train.py flags), with the epoch's parts. Target: within
+  10% (<= 1.10x).
+- extraction also runs bf16 with the model compiled as `--compile on` does for extraction (dynamic shapes;
+  the warm-up pass over 40 files is its compile) and the ONNX Runtime path (deploy.OnnxEmbedder on an export
+  of the same weights, fp32) where onnx is installed. Target for the bf16 rows: >= 600x.
+- GPU (only where CUDA is present): batch 256 training steps, samples/s, and the GPU's utilisation
+  (torch.cuda.utilization, else nvidia-smi).
+
 torch runs --threads threads (default: all CPUs). Other processes slow every number, and with OpenMP a busy
 neighbour can stretch a step several times over (threads spin at barriers for a descheduled peer): the last
 row gives the 1-minute load average before and after the run; compare ratios, not times, across runs.
@@ -45,6 +64,7 @@ Progress goes to the log on stderr; only the table goes to stdout.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -134,6 +154,144 @@ def run_train_worker(model: str, configs: list[str], malloc: str, args: argparse
     return result
 
 
+# --- the default step against a wespeaker-style step, and the compiled step (one subprocess) --------------
+# "reference": ECAPA-TDNN C=512 with the literal attentive statistics pooling (tests/test_speed.py's
+# ReferencePooling, all float32), fp32, torch's default Adam: the paper-exact step as wespeaker runs it on a
+# CPU. "default": the project's step (bf16 autocast, fused Adam). "compiled": the default step with the model
+# compiled as train.py's --compile on does (embedding.compile_forward, static shapes). AAM over --speakers.
+
+def versus_worker(args: argparse.Namespace) -> dict:
+    """Seconds per step of each of args.configs (reference, default, compiled), alternating step by step after
+    one warm-up step each (the compiled one's warm-up is its compile, timed)."""
+    from embedding import compile_forward
+    from tests.test_speed import ReferencePooling
+
+    configure_malloc()
+    torch.set_num_threads(args.threads)
+    generator = torch.Generator().manual_seed(args.seed)
+    feats = torch.randn(args.batch_size, CROP_FRAMES, N_MELS, generator=generator)
+    labels = torch.randint(0, args.speakers, (args.batch_size,), generator=generator)
+    steps, warmup = {}, {}
+    for config in args.configs:
+        torch.manual_seed(args.seed)
+        model = build_model("ecapa_tdnn", n_mels=N_MELS).train()
+        if config == "reference":
+            model.pool = ReferencePooling(model.pool.channels, 128)  # the paper's attention bottleneck
+        if config == "compiled" and compile_forward(model, training=True, dynamic=False) is None:
+            raise RuntimeError("torch.compile unavailable")
+        head = build_head("aam", embed_dim=model.embed_dim, num_speakers=args.speakers, margin=0.2, scale=30.0)
+        params = [*model.parameters(), *head.parameters()]
+        optimizer = torch.optim.Adam(params, lr=1e-4, fused=config != "reference")
+        steps[config] = functools.partial(versus_step, model, head, optimizer, feats, labels,
+                                          "fp32" if config == "reference" else "bf16")
+        started = time.perf_counter()
+        steps[config]()
+        warmup[config] = time.perf_counter() - started
+        log.info("%s: warm-up step %.1f s", config, warmup[config])
+    times: dict[str, list[float]] = {c: [] for c in args.configs}
+    for _ in range(args.steps):
+        for config in args.configs:
+            started = time.perf_counter()
+            steps[config]()
+            times[config].append(time.perf_counter() - started)
+    return {"times": times, "warmup": warmup}
+
+
+def versus_step(model: nn.Module, head: nn.Module, optimizer: torch.optim.Optimizer, feats: torch.Tensor,
+                labels: torch.Tensor, precision: str) -> None:
+    with autocast(CPU, precision):
+        loss, _ = head(model(feats), labels)  # (B, T, F) -> loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def run_versus_worker(configs: list[str], args: argparse.Namespace) -> dict:
+    command = [sys.executable, "-m", "bench.bench_speed", "--worker", "--versus", "--configs", *configs,
+               "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--speakers",
+               str(args.versus_speakers), "--threads", str(args.threads), "--seed", str(args.seed)]
+    log.info("train step, ecapa_tdnn: %s, 1 + %d steps each (subprocess)", " ".join(configs), args.steps)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark subprocess failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --- an end-to-end epoch of train.py against its model-only steps (one subprocess) -------------------------
+
+class Timed:
+    """Wraps a function of module `owner`, adding up its seconds (a probe for the epoch's breakdown)."""
+
+    def __init__(self, owner: object, name: str, totals: dict[str, float], when: object = None):
+        self.fn, self.name, self.totals, self.when = getattr(owner, name), name, totals, when
+        setattr(owner, name, self)
+
+    def __call__(self, *args, **kwargs):
+        if self.when is not None and not self.when():
+            return self.fn(*args, **kwargs)
+        started = time.perf_counter()
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            self.totals[self.name] = self.totals.get(self.name, 0.0) + time.perf_counter() - started
+
+
+def epoch_worker(args: argparse.Namespace) -> dict:
+    """One epoch of train.py's run_epoch on --epoch-corpus (its training loop, validation, checkpoint and log),
+    with the model-only step (random fbank of the training shape, the same model, head and precision) timed
+    --steps times just before and just after it; the epoch's parts from wrapped functions."""
+    import train
+    from config import build_config, make_parser, parse_args
+    from distributed import init_distributed
+
+    flags = ["--name", "epoch", "--exp-dir", args.epoch_dir, "--epochs", "1", "--train-data", args.epoch_corpus,
+             "--threads", str(args.threads), *args.epoch_flags.split()]
+    cfg = build_config(parse_args(flags, train.__doc__, make_parser(train.__doc__, "train.py"))[0])
+    configure_malloc()
+    torch.set_num_threads(args.threads)
+    d = init_distributed(cfg.device, cfg.dist_timeout_min)
+    run, _ = train.open_run(cfg, None, d)
+    data = train.training_data(cfg, run, None, d)
+    t = train.build_trainer(cfg, data, d, None)
+    totals: dict[str, float] = {}
+    for name in ("train_epoch", "forward_backward", "optimizer_step", "validate", "save_checkpoint", "write_log",
+                 "write_curves"):
+        Timed(train, name, totals)
+    Timed(t.frontend, "forward", totals, lambda: t.frontend.training)  # training fbank, CMN, SpecAugment
+    feats = torch.randn(cfg.batch_size, cfg.num_frames, cfg.n_mels)  # (B, T, F)
+    labels = torch.randint(0, len(data.classes), (cfg.batch_size,))
+    model_steps = [model_step(t, feats, labels) for _ in range(args.steps + 1)][1:]
+    started = time.perf_counter()
+    train.run_epoch(t, 0, run, data)
+    epoch = time.perf_counter() - started
+    model_steps += [model_step(t, feats, labels) for _ in range(args.steps)]
+    return {"epoch": epoch, "batches": len(t.loader.batch_sampler), "model_steps": model_steps, "parts": totals,
+            "workers": cfg.num_workers, "flags": flags}
+
+
+def model_step(t: object, feats: torch.Tensor, labels: torch.Tensor) -> float:
+    """Seconds of one training step of t (a train.Trainer) on a given fbank batch: forward, backward, Adam."""
+    started = time.perf_counter()
+    with autocast(t.device, t.precision):
+        loss, _ = t.trainee(feats, labels, t.cfg.margin)
+    t.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    t.optimizer.step()
+    return time.perf_counter() - started
+
+
+def run_epoch_worker(args: argparse.Namespace, flags: list[str]) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench_epoch_") as tmp:
+        command = [sys.executable, "-m", "bench.bench_speed", "--worker", "--epoch", "--epoch-dir", tmp,
+                   "--epoch-corpus", args.epoch_corpus, "--steps", str(args.steps), "--threads", str(args.threads),
+                   f"--epoch-flags={' '.join(flags)}"]
+        log.info("epoch of train.py on %s, %s (subprocess)", args.epoch_corpus, " ".join(flags) or "defaults")
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark subprocess failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 # --- in this process: the GEMM reference and extraction --------------------------------------------------
 
 class Gemm:
@@ -178,42 +336,69 @@ def write_random_audio(folder: Path, count: int, rng: np.random.Generator) -> di
     return paths
 
 
-def extraction_rtfs(args: argparse.Namespace) -> tuple[dict[str, float], dict[str, float], float, int]:
-    """Real-time factor of embedding.Embedder.extract (ECAPA-TDNN C=512) per precision, the best of --passes
-    passes, each over its own random files (so every pass meets new lengths); the GEMM rates measured around
-    the passes; the seconds of audio and the number of files of one pass."""
-    import soundfile
-
+def extraction_embedders(args: argparse.Namespace, tmp: Path) -> dict[str, tuple[object, str]]:
+    """The extraction configurations: name -> (embedder, the GEMM precision it is normalised by). fp32, bf16,
+    bf16 with the model compiled as `--compile on` compiles extraction (dynamic shapes, unless
+    --skip-compile), and the ONNX Runtime path (deploy.OnnxEmbedder, fp32; where onnx is installed)."""
     from data.features import frontend_from_config
+    from deploy import OnnxEmbedder, WaveEmbedding, export_onnx, onnx_session
     from embedding import Embedder, Extraction
 
-    configure_malloc()  # as inference.py does
     cfg = Config(model="ecapa_tdnn", sample_rate=SAMPLE_RATE)
+    torch.manual_seed(args.seed)
     model = build_model(cfg.model, n_mels=cfg.n_mels).eval()
-    frontend = frontend_from_config(cfg)
+    frontend = frontend_from_config(cfg).eval()
     extraction = Extraction(batch_size=args.eval_batch_size, bucket_crop=args.bucket_crop)
+    embedders = {p: (Embedder(model, frontend, CPU, p, extraction), p) for p in ("fp32", "bf16")}
+    if not args.skip_compile:
+        twin = build_model(cfg.model, n_mels=cfg.n_mels).eval()
+        twin.load_state_dict(model.state_dict())
+        embedders["bf16 compiled"] = (Embedder(twin, frontend, CPU, "bf16", extraction, compile="on"), "bf16")
+    try:
+        path = tmp / "model.onnx"
+        export_onnx(WaveEmbedding(frontend, model).eval(), 0.1 * torch.randn(2, 3 * SAMPLE_RATE), path, {})
+        embedders["onnxruntime fp32"] = (OnnxEmbedder(model, frontend, CPU, "fp32", extraction,
+                                                      session=onnx_session(path, args.threads)), "fp32")
+    except Exception as err:  # noqa: BLE001 -- no onnx packages, or an exporter failure: the row is left out
+        log.warning("no ONNX Runtime row: %s", str(err).splitlines()[0][:200])
+    return embedders
+
+
+def extraction_rtfs(args: argparse.Namespace) -> tuple[dict[str, float], dict[str, str], dict[str, float], float,
+                                                        int, dict[str, float]]:
+    """Real-time factor of embedding.Embedder.extract (ECAPA-TDNN C=512) per configuration, the best of
+    --passes passes, each over its own random files (so every pass meets new lengths); each configuration's
+    GEMM precision; the GEMM rates measured around the passes; the seconds of audio and the number of files of
+    one pass; the warm-up seconds (the compiled configuration's compile)."""
+    import soundfile
+
+    configure_malloc()  # as inference.py does
     rng = np.random.default_rng(args.seed)
-    rtfs, gemm = {"fp32": 0.0, "bf16": 0.0}, Gemm()
-
-    def extract(files: dict[str, str], precision: str) -> None:  # no cache: every call extracts
-        Embedder(model, frontend, CPU, precision, extraction).extract(files)
-
+    gemm = Gemm()
     with tempfile.TemporaryDirectory(prefix="bench_speed_") as tmp:
-        for precision in rtfs:
-            extract(write_random_audio(Path(tmp) / f"warmup_{precision}", 4, rng), precision)
+        embedders = extraction_embedders(args, Path(tmp))
+        rtfs, warmup = dict.fromkeys(embedders, 0.0), {}
+        warm_files = write_random_audio(Path(tmp) / "warmup", 40, rng)  # several batch sizes and lengths
+        for name, (embedder, _) in embedders.items():
+            started = time.perf_counter()
+            embedder.extract(warm_files)
+            warmup[name] = time.perf_counter() - started
+            log.info("extraction %s: warm-up %.1f s", name, warmup[name])
         for i in range(args.passes):
             paths = write_random_audio(Path(tmp) / f"pass{i}", args.extract_files, rng)
             seconds = sum(soundfile.info(p).duration for p in paths.values())
             log.info("extraction pass %d: %d files, %.0f s of audio, batches of %d, bucket_crop %g", i + 1,
                      len(paths), seconds, args.eval_batch_size, args.bucket_crop)
-            for precision in rtfs:
+            for name, (embedder, _) in embedders.items():
                 gemm.measure(2)
                 started = time.perf_counter()
-                extract(paths, precision)
-                rtfs[precision] = max(rtfs[precision], seconds / (time.perf_counter() - started))
-                log.info("extraction %s: %.0fx real time", precision, seconds / (time.perf_counter() - started))
+                embedder.extract(paths)  # no cache: every call extracts
+                rtf = seconds / (time.perf_counter() - started)
+                rtfs[name] = max(rtfs[name], rtf)
+                log.info("extraction %s: %.0fx real time", name, rtf)
         gemm.measure(2)
-    return rtfs, gemm.rates, seconds, len(paths)
+    precisions = {name: precision for name, (_, precision) in embedders.items()}
+    return rtfs, precisions, gemm.rates, seconds, len(paths), warmup
 
 
 # --- the table -------------------------------------------------------------------------------------------
@@ -277,23 +462,121 @@ def train_rows(table: Table, args: argparse.Namespace) -> None:
                    ratio, target)
 
 
+def at_most(ratio: float, target: float) -> str:
+    return f"<= {target:g}x: {'met' if ratio <= target else 'NOT met'}"
+
+
+def versus_rows(table: Table, args: argparse.Namespace) -> None:
+    """The default step (eager, and compiled unless --skip-compile) against the wespeaker-style fp32 step."""
+    configs = ["reference", "default"] + ([] if args.skip_compile else ["compiled"])
+    result = run_versus_worker(configs, args)
+    reference = min(result["times"]["reference"])
+    labels = {"reference": ("train step: wespeaker-style ECAPA-TDNN", "fp32", "literal pooling, default Adam"),
+              "default": ("train step: the default", "bf16", "fused Adam, eager"),
+              "compiled": ("train step: the default, --compile on", "bf16", "fused Adam, compiled")}
+    for config in configs:
+        label, precision, setting = labels[config]
+        times = result["times"][config]
+        warm = f"; compile {result['warmup'][config]:.0f} s" if config == "compiled" else ""
+        ratio = min(times) / reference
+        table.add(label, "ecapa_tdnn", precision, "configure_malloc", f"{setting}, AAM {args.versus_speakers}{warm}",
+                  f"{min(times):.3f} s ({statistics.median(times):.3f})", "",
+                  f"{ratio:.2f}x the wespeaker-style step" if config != "reference" else "1.00",
+                  at_most(ratio, 0.40) if config != "reference" else "")
+
+
+def epoch_rows(table: Table, args: argparse.Namespace) -> None:
+    """train.py's epoch against batches x the model-only step, per --epoch-variants (train.py flags)."""
+    for variant in args.epoch_variants:
+        result = run_epoch_worker(args, variant.split())
+        step = statistics.median(result["model_steps"])
+        ratio = result["epoch"] / (result["batches"] * step)
+        parts = result["parts"]
+        loop = parts["train_epoch"] - parts["forward_backward"] - parts["optimizer_step"]
+        writes = sum(parts.get(k, 0.0) for k in ("save_checkpoint", "write_log", "write_curves"))
+        breakdown = (f"fbank+SpecAugment {parts['forward']:.1f} s, model+head fwd/bwd "
+                     f"{parts['forward_backward'] - parts['forward']:.1f} s, Adam {parts['optimizer_step']:.1f} s, "
+                     f"loader waits and the loop {loop:.1f} s, validation {parts.get('validate', 0.0):.1f} s, "
+                     f"checkpoint+log+curves {writes:.1f} s")
+        table.add("epoch of train.py (demo corpus) vs batches x model-only step", "ecapa_tdnn", "auto",
+                  "configure_malloc", f"{variant or 'defaults'}: {breakdown}",
+                  f"{result['epoch']:.1f} s / ({result['batches']} x {step:.3f} s)", "",
+                  f"{ratio:.2f}x", at_most(ratio, 1.10))
+
+
+def gpu_rows(table: Table, args: argparse.Namespace) -> None:
+    """Batch 256 training steps on CUDA (bf16 where native, the model compiled as --compile auto does there):
+    samples/s, and the GPU's utilisation sampled right after the steps. Only where CUDA is present."""
+    from embedding import compile_forward
+    from utils import resolve_precision
+
+    device = torch.device("cuda")
+    precision = resolve_precision("auto", device)
+    model = build_model("ecapa_tdnn", n_mels=N_MELS).to(device).train()
+    if not args.skip_compile:
+        compile_forward(model, training=True, dynamic=False)
+    head = build_head("aam", embed_dim=model.embed_dim, num_speakers=args.speakers, margin=0.2, scale=30.0).to(device)
+    optimizer = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=1e-4, fused=True)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    feats = torch.randn(256, CROP_FRAMES, N_MELS, device=device)
+    labels = torch.randint(0, args.speakers, (256,), device=device)
+
+    def step() -> None:
+        with autocast(device, precision):
+            loss, _ = head(model(feats), labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    for _ in range(3):  # warm-up (and the compile)
+        step()
+    torch.cuda.synchronize()
+    started, count = time.perf_counter(), max(20, 4 * args.steps)
+    for _ in range(count):
+        step()
+    torch.cuda.synchronize()
+    rate = 256 * count / (time.perf_counter() - started)
+    table.add("GPU train step, batch 256", "ecapa_tdnn", precision, "", torch.cuda.get_device_name(),
+              "", f"{rate:.0f} samples/s", f"GPU utilisation {gpu_utilisation()}", "")
+
+
+def gpu_utilisation() -> str:
+    """The GPU's utilisation in %, from torch (pynvml) or nvidia-smi; "n/a" where neither answers."""
+    try:
+        return f"{torch.cuda.utilization()}%"
+    except Exception:  # noqa: BLE001 -- no pynvml: ask nvidia-smi
+        pass
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True, timeout=10, check=True)
+        return f"{done.stdout.split()[0]}%"
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return "n/a"
+
+
 def extraction_rows(table: Table, args: argparse.Namespace) -> None:
-    rtfs, gemm, seconds, files = extraction_rtfs(args)
+    rtfs, precisions, gemm, seconds, files, warmup = extraction_rtfs(args)
     setting = f"{files} files of 2-5 s, batch {args.eval_batch_size}, bucket_crop {args.bucket_crop:g}"
-    for precision, rtf in rtfs.items():
-        ratio = f"{rtf / rtfs['fp32']:.2f}x fp32; " if precision != "fp32" else ""
-        table.add("extraction (read + fbank + model)", "ecapa_tdnn", precision, "configure_malloc", setting,
+    for name, rtf in rtfs.items():
+        precision = precisions[name]
+        ratio = f"{rtf / rtfs['fp32']:.2f}x fp32; {rtf / rtfs['bf16']:.2f}x bf16; " if name != "fp32" else ""
+        compile_note = f"; compile (warm-up) {warmup[name]:.0f} s" if "compiled" in name else ""
+        table.add("extraction (read + fbank + model)", "ecapa_tdnn", name, "configure_malloc", setting + compile_note,
                   f"{seconds / rtf:.2f} s for {seconds:.0f} s of audio", f"{rtf:.0f}x real time",
-                  f"{ratio}{rtf / gemm[precision]:.2f} audio s per GEMM GFLOP", verdict(rtf, 300))
+                  f"{ratio}{rtf / gemm[precision]:.2f} audio s per GEMM GFLOP",
+                  verdict(rtf, 600) if name != "fp32" else "")
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("--models", nargs="+", default=["ecapa_tdnn", "resnet34"], choices=list(MODELS),
                         metavar="MODEL", help="the first gets rows A, B, C, the others B and C (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per configuration (default: 3)")
     parser.add_argument("--batch-size", type=int, default=64, help="training batch (default: 64)")
     parser.add_argument("--speakers", type=int, default=5994, help="AAM head classes (default: 5994, VoxCeleb2 dev)")
+    parser.add_argument("--versus-speakers", type=int, default=1000,
+                        help="AAM head classes of the wespeaker-style comparison (default: %(default)s, the issue's)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all CPUs)")
     parser.add_argument("--gemm-repeats", type=int, default=10)
     parser.add_argument("--extract-files", type=int, default=160, help="random wav files per extraction pass "
@@ -303,16 +586,32 @@ def main(argv: list[str] | None = None) -> None:
                         help="files per extraction batch (default: config.py's eval_batch_size, %(default)s)")
     parser.add_argument("--bucket-crop", type=float, default=0.1,
                         help="eval_bucket_crop of the extraction rows (default: %(default)s)")
+    parser.add_argument("--epoch-corpus", default="corpora/demo/train/wav",
+                        help="training data of the epoch rows (default: %(default)s)")
+    parser.add_argument("--epoch-variants", nargs="+", default=[""], metavar="FLAGS",
+                        help="train.py flags of each epoch row, one quoted string each (default: one row, defaults)")
     parser.add_argument("--skip-allocator", action="store_true", help="no glibc-default subprocess (row A)")
-    parser.add_argument("--skip-training", action="store_true", help="GEMM and extraction rows only")
+    parser.add_argument("--skip-training", action="store_true", help="no A/B/C training-step rows")
+    parser.add_argument("--skip-versus", action="store_true", help="no wespeaker-style comparison rows")
+    parser.add_argument("--skip-compile", action="store_true", help="no compiled rows (each compile takes minutes)")
+    parser.add_argument("--skip-epoch", action="store_true", help="no end-to-end epoch rows")
     parser.add_argument("--skip-extraction", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # the subprocess side
+    parser.add_argument("--versus", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--epoch", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--epoch-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--epoch-flags", default="", help=argparse.SUPPRESS)
     parser.add_argument("--configs", nargs="+", default=["fp32:fused", "bf16:fused"], help=argparse.SUPPRESS)
     parser.add_argument("--malloc", choices=("default", "tuned"), default="tuned", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     if args.worker:
-        print(json.dumps(train_worker(args)))
+        worker = versus_worker if args.versus else epoch_worker if args.epoch else train_worker
+        print(json.dumps(worker(args)))
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     load_before = os.getloadavg()[0]
@@ -327,8 +626,14 @@ def main(argv: list[str] | None = None) -> None:
                   f"{rate / gemm['fp32']:.2f}x fp32" if precision != "fp32" else "")
     if not args.skip_training:
         train_rows(table, args)
+    if not args.skip_versus:
+        versus_rows(table, args)
+    if not args.skip_epoch:
+        epoch_rows(table, args)
     if not args.skip_extraction:
         extraction_rows(table, args)
+    if torch.cuda.is_available():
+        gpu_rows(table, args)
     table.add("conditions", "", "", "", "", "", "", "",
               f"{os.cpu_count()} CPUs, {args.threads} threads, torch {torch.__version__}; train: batch "
               f"{args.batch_size} x {CROP_FRAMES} frames, fastest (median) of {args.steps} steps; 1-min load average "

@@ -289,19 +289,25 @@ class SpecAugment(nn.Module):
     """SpecAugment frequency and time masking (Park et al. 2019, "SpecAugment: A Simple Data Augmentation
     Method for Automatic Speech Recognition"), independent masks per utterance. No time warping (deviation:
     it is the costly part, the paper finds it the least useful policy, and speaker-verification recipes
-    such as wespeaker's omit it).
+    such as wespeaker's omit it). `prob` < 1: each utterance is masked with that probability, else left
+    whole (wespeaker's `spec_aug_prob`, 0.6 there); at 1 no gate is drawn, so the masks are those drawn
+    before the gate existed.
 
     Masked entries are set to 0: FrontEnd applies this after CMN, where 0 is the utterance's mean, so a
     mask removes information without adding an out-of-distribution value. Identity in eval mode.
     """
 
-    def __init__(self, freq_masks: int = 2, freq_width: int = 8, time_masks: int = 2, time_width: int = 10) -> None:
+    def __init__(self, freq_masks: int = 2, freq_width: int = 8, time_masks: int = 2, time_width: int = 10,
+                 prob: float = 1.0) -> None:
         super().__init__()
         if min(freq_masks, freq_width, time_masks, time_width) < 0:
             raise FeatureError(
                 f"SpecAugment counts and widths must be >= 0; got {freq_masks}, {freq_width}, "
                 f"{time_masks}, {time_width}"
             )
+        if not 0.0 <= prob <= 1.0:
+            raise FeatureError(f"SpecAugment probability must be in [0, 1]; got {prob}")
+        self.prob = prob  # probability that an utterance is masked at all
         self.freq_masks = freq_masks  # masks per utterance
         self.freq_width = freq_width  # maximum width of one mask, mel bins
         self.time_masks = time_masks
@@ -310,7 +316,7 @@ class SpecAugment(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"freq_masks={self.freq_masks}, freq_width={self.freq_width}, time_masks={self.time_masks}, "
-            f"time_width={self.time_width}"
+            f"time_width={self.time_width}, prob={self.prob}"
         )
 
     def forward(self, feats: Tensor, generator: torch.Generator | None = None) -> Tensor:  # feats: (B, T, F)
@@ -319,7 +325,11 @@ class SpecAugment(nn.Module):
         batch, num_frames, num_bins = feats.shape
         freq = _band_mask(batch, num_bins, self.freq_masks, self.freq_width, generator, feats.device)  # (B, F)
         time = _band_mask(batch, num_frames, self.time_masks, self.time_width, generator, feats.device)  # (B, T)
-        return feats.masked_fill(freq[:, None, :] | time[:, :, None], 0.0)  # (B, T, F)
+        masked = freq[:, None, :] | time[:, :, None]  # (B, T, F)
+        if self.prob < 1.0:
+            gate = torch.rand(batch, generator=generator, device=feats.device, dtype=torch.float64) < self.prob
+            masked = masked & gate[:, None, None]  # (B, T, F): whole utterances left unmasked
+        return feats.masked_fill(masked, 0.0)  # (B, T, F)
 
 
 class FrontEnd(nn.Module):
@@ -369,6 +379,6 @@ def fbank_options_from_config(cfg: Config) -> FbankOptions:
 
 def frontend_from_config(cfg: Config) -> FrontEnd:
     """The one feature path: training, evaluation and train_sort all build their front end here."""
-    spec_augment = (SpecAugment(cfg.freq_masks, cfg.freq_mask_width, cfg.time_masks, cfg.time_mask_width)
-                    if cfg.spec_augment else None)
+    spec_augment = (SpecAugment(cfg.freq_masks, cfg.freq_mask_width, cfg.time_masks, cfg.time_mask_width,
+                                cfg.spec_augment_prob) if cfg.spec_augment else None)
     return FrontEnd(fbank_options_from_config(cfg), dither=cfg.dither, cmn=cfg.cmn, spec_augment=spec_augment)

@@ -860,10 +860,12 @@ def _looks_like_corpus(path: Path) -> bool:
 
 
 def corpus_version(path: Path) -> int | None:
-    """The generator version recorded in a complete corpus's `.complete`; None when there is no complete one."""
+    """The version of this generator recorded in a complete corpus's `.complete` ("data.synth version N"); None
+    when there is no complete corpus, or one made by another generator (data/synth_harmonic.py's tag names it)."""
     try:
-        return int((Path(path) / COMPLETE).read_text().split()[-1])
-    except (OSError, ValueError, IndexError):
+        name, _, version = (Path(path) / COMPLETE).read_text().split()
+        return int(version) if name == "data.synth" else None
+    except (OSError, ValueError):
         return None
 
 
@@ -874,12 +876,13 @@ def ensure_demo_corpus(root: Path) -> None:
     version = corpus_version(root)
     if version == GENERATOR_VERSION:
         return
-    if version is None:
+    other = (root / COMPLETE).is_file()  # a complete corpus of another version, or of another generator
+    if not other:
         log.info("generating the demo corpus in %s (first use)", root)
     else:
-        log.info("%s was made by data.synth version %d; regenerating it with version %d", root, version,
-                 GENERATOR_VERSION)
-    generate_corpus(root, overwrite=version is not None)
+        log.info("%s was made by %s; regenerating it with data.synth version %d", root,
+                 (root / COMPLETE).read_text().strip(), GENERATOR_VERSION)
+    generate_corpus(root, overwrite=other)
 
 
 def generate_corpus(out_dir: Path, spec: CorpusSpec = CorpusSpec(), *, workers: int = 2,

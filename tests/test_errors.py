@@ -12,6 +12,7 @@ kills inside every atomic write of a run, each resumed to bit-identical weights.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import fnmatch
 import hashlib
 import json
@@ -33,7 +34,7 @@ import soundfile as sf
 import torch
 
 from data.audio import AudioError, audio_info, load_audio
-from data.corpus import load_index
+from data.corpus import load_index, save_index
 from tests.conftest import subprocess_env, tiny_train_args
 from utils import UserError, append_table_row, atomic_torch_save, atomic_write_text
 
@@ -186,6 +187,23 @@ def _prepare_into_file(i: Inputs) -> list[str]:
     return ["-m", "data.prepare", str(i.corpus / "test/wav"), str(i.tmp / "out.npy")]
 
 
+def _sort_source(i: Inputs, checkpoint: bool = True, rename: str = "") -> Path:
+    """A train_sort source run: the model's best.pt (unless not) and the training list it was trained on (with
+    `rename`, that speaker under another name)."""
+    src = i.tmp / "src"
+    (src / "checkpoints").mkdir(parents=True)
+    if checkpoint:
+        shutil.copy(i.model, src / "checkpoints/best.pt")
+    utts = [u if u.speaker != rename else dataclasses.replace(u, speaker="zz")
+            for u in load_index(i.corpus / "train/wav", RATE)]
+    save_index(utts, src / "train_list.jsonl")
+    return src
+
+
+def _sort(src: Path, *extra: str) -> list[str]:
+    return ["train_sort.py", "--from", str(src), "--exp-dir", str(src.parent / "exp"), "--threads", "1", *extra]
+
+
 # --- the table ---------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -246,6 +264,16 @@ CASES = [
          "nan.pt: weights hold NaN or infinite values (model "),
     Case("checkpoint: a resnet config over ECAPA weights", lambda i: i.checkpoint("mixed.pt", _as_resnet),
          "mixed.pt: weights do not fit the resnet18"),
+    # train_sort's source run
+    Case("train_sort: --action relabel, a source without a checkpoint",
+         lambda i: _sort(_sort_source(i, checkpoint=False), "--action", "relabel"),
+         "src: no checkpoint in {tmp}/src/checkpoints to score its training utterances with"),
+    Case("train_sort: --sort-by subcenter, a source trained with aam",
+         lambda i: _sort(_sort_source(i), "--sort-by", "subcenter"),
+         "--sort-by subcenter: {tmp}/src was trained with --loss aam; sub-centres need"),
+    Case("train_sort: a checkpoint trained on another speaker list",
+         lambda i: _sort(_sort_source(i, rename="id00000")),
+         "best.pt: its speaker list (6 classes) differs from {tmp}/src/train_list.jsonl's (6; first difference"),
 ]
 
 

@@ -186,6 +186,20 @@ def test_spec_augment_widths_and_independence():
     assert len({tuple(row.nonzero().flatten().tolist()) for row in freq}) > 50  # independent per utterance
 
 
+def test_spec_augment_probability_gates_whole_utterances():
+    feats = torch.randn(2000, 50, 80)
+    always = SpecAugment(1, 8, 1, 10).train()(feats, generator=torch.Generator().manual_seed(0))
+    gated = SpecAugment(1, 8, 1, 10, prob=0.6).train()(feats, generator=torch.Generator().manual_seed(0))
+    untouched = (gated == feats).flatten(1).all(dim=1)  # (B,) utterances left whole
+    # the same band draws (the gate is drawn after them): a masked utterance has exactly the ungated masks
+    assert torch.equal(gated[~untouched], always[~untouched])
+    hit = ((always != feats).flatten(1).any(dim=1) & ~untouched).float().mean()
+    could_hit = (always != feats).flatten(1).any(dim=1).float().mean()
+    assert abs(hit / could_hit - 0.6) < 0.05  # masked with probability 0.6
+    with pytest.raises(ValueError, match="probability"):
+        SpecAugment(prob=1.5)
+
+
 def test_spec_augment_training_only_and_seeded():
     feats = torch.randn(4, 200, 80)
     aug = SpecAugment()

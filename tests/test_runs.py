@@ -104,8 +104,19 @@ def test_mid_epoch_checkpoints_sort_between_epochs_and_go_when_their_epoch_ends(
 def test_a_schema_3_checkpoint_loads_with_the_population_variance(trained_run, tmp_path):
     """Schema 4 added the model option stats_variance: an older checkpoint keeps the estimator it trained with."""
     state = torch.load(trained_run / "checkpoints/epoch_0001.pt", weights_only=True)
-    assert state["schema"] == SCHEMA == 4 and state["config"]["stats_variance"] == "population"
+    assert state["schema"] == SCHEMA and state["config"]["stats_variance"] == "population"
     config = {k: v for k, v in state["config"].items() if k != "stats_variance"}
     torch.save({**state, "config": config, "schema": 3}, tmp_path / "old.pt")
     assert load_checkpoint(tmp_path / "old.pt")["config"]["stats_variance"] == "population"
     assert load_trained(tmp_path / "old.pt").model.pool.unbiased is False
+
+
+def test_a_schema_4_checkpoint_loads_with_an_empty_loss_record(trained_run, tmp_path):
+    """Schema 5 added in-training filtering's loss record: an older checkpoint has none (None), from which a run
+    resumed with --filter-share starts empty (train.restore_record)."""
+    state = torch.load(trained_run / "checkpoints/epoch_0001.pt", weights_only=True)
+    assert state["schema"] == SCHEMA == 5 and state["loss_record"] is None  # the run did not filter
+    torch.save({**{k: v for k, v in state.items() if k != "loss_record"}, "schema": 4}, tmp_path / "old.pt")
+    loaded = load_checkpoint(tmp_path / "old.pt")
+    assert loaded["schema"] == 5 and loaded["loss_record"] is None
+    assert load_trained(tmp_path / "old.pt").epoch == 1

@@ -200,3 +200,11 @@ def test_baseline_bench_prints_one_row(tiny_corpus, capsys):
     cells = [c.strip() for c in rows[2].strip("|").split("|")]
     assert cells[1:4] == ["val", str(TINY_SPEC.num_val_trials), str(TINY_SPEC.num_val_trials // 2)]
     assert 0.0 <= float(cells[4]) <= 100.0
+
+
+def test_corpus_version_names_its_generator(tmp_path):
+    from data.synth import COMPLETE, GENERATOR_VERSION, corpus_version
+    (tmp_path / COMPLETE).write_text(f"data.synth version {GENERATOR_VERSION}\n")
+    assert corpus_version(tmp_path) == GENERATOR_VERSION
+    (tmp_path / COMPLETE).write_text(f"data.synth_harmonic version {GENERATOR_VERSION}\n")
+    assert corpus_version(tmp_path) is None  # another generator's corpus is never taken for this one's

@@ -1,16 +1,37 @@
-"""train_sort's trimming, scoring and noise-detection figures on hand-made data."""
+"""train_sort's trimming, scoring, relabelling and noise-detection figures on hand-made data; one end-to-end
+run (--action auto) on a copy of the session's tiny run with label noise planted in its list."""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
-from bench.bench_sort import table
+import train_sort
+from config import build_config
+from data.corpus import MovedLabel, Utterance, load_utterance_list, save_index, write_moved_labels
+from loss import SubcenterAAMHead
 from train_sort import (
+    Round,
+    Selection,
     detection,
     keep_range,
     keep_typical,
+    kept_mask,
     leave_one_out_centroid_scores,
+    new_labels,
+    oracle_labels,
+    outcome,
     percent_range,
+    read_label_noise,
+    relabel_targets,
     removal_counts,
+    retraining_list,
+    subcenter_scores,
 )
 from utils import UserError
 
@@ -98,17 +119,191 @@ def test_planted_outlier_scores_lowest_and_detection_figures():
     assert removed == {"u7"} and found.precision == 1.0 and found.recall == 0.5
 
 
-def test_bench_sort_table_means_over_seeds_and_gap_closed():
-    def rows(clean, noisy, trimmed):
-        return [{"run": "clean", "noise": 0.0, "kept": "all", "eer": clean, "min_dcf": 0.5},
-                {"run": "noisy-0.2", "noise": 0.2, "kept": "all", "eer": noisy, "min_dcf": 0.6},
-                {"run": "noisy-0.2-keep0-90", "noise": 0.2, "kept": "0-90", "eer": trimmed, "min_dcf": 0.55,
-                 "removed": 10, "precision": 0.9, "recall": 0.5, "auc": 0.98, "typical_share": 0.0}]
+# --- relabelling, the oracle, sub-centres --------------------------------------------------------------------
 
-    text = table([rows(0.04, 0.07, 0.05), rows(0.06, 0.09, 0.07)])  # means 5 %, 8 %, 6 %
-    lines = text.splitlines()
-    assert "mean of 2 seeds" in lines[0]
-    assert "| clean | 0 | all |" in lines[2] and "| 5.00 (4.00-6.00) |" in lines[2]
-    trimmed = lines[4]
-    assert "| 6.00 (5.00-7.00) |" in trimmed and trimmed.endswith("| 67% |")  # (8 - 6) / (8 - 5)
-    assert "| 0.90 | 0.50 | 0.980 | 0.00 |" in trimmed
+def unit(*rows: tuple[float, ...]) -> np.ndarray:
+    x = np.array(rows, dtype=float)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_relabel_targets_take_the_nearest_other_centre_past_the_margin():
+    centres = np.eye(3)  # speaker j's centre: axis j
+    emb = unit((0.1, 0, 1), (1, 1.05, 0), (0, 1, 0))  # near speaker 2; between 0 and 1 (a bit nearer 1); on 1
+    labels = np.array([0, 0, 1])
+    own = np.einsum("nd,nd->n", emb, centres[labels])
+    every = np.arange(3)
+    assert relabel_targets(emb, labels, own, centres, every, 0.1) == {0: 2}  # 1's gain is 0.03 < 0.1
+    assert relabel_targets(emb, labels, own, centres, every, 0.0) == {0: 2, 1: 1}
+    assert relabel_targets(emb, labels, own, centres, np.array([1, 2]), 0.0) == {1: 1}  # only flagged ones
+    assert relabel_targets(emb, labels, own, centres, every, 0.95) == {}  # 0's gain is 0.90
+
+
+UTTS = [Utterance(f"u{i}", f"/x/u{i}.wav", s) for i, s in enumerate("aabb")]
+
+
+def test_new_labels_drop_relabel_auto():
+    kept, targets = np.array([True, False, False, False]), {1: 2, 3: 0}  # u2 flagged without a clear target
+    assert new_labels(UTTS, "abc", kept, targets, "drop") == ["a", None, None, None]
+    assert new_labels(UTTS, "abc", kept, targets, "relabel") == ["a", "c", "b", "a"]
+    assert new_labels(UTTS, "abc", kept, targets, "auto") == ["a", "c", None, "a"]
+
+
+def test_oracle_labels_and_retraining_list():
+    noise = {"u1": MovedLabel("u1", "b", "a")}
+    assert oracle_labels(UTTS, noise, "drop") == ["a", None, "b", "b"]
+    labels = oracle_labels(UTTS, noise, "relabel")
+    assert labels == ["a", "b", "b", "b"]
+    retrain = retraining_list(UTTS, labels)
+    assert [u.speaker for u in retrain] == labels and retrain[0] is UTTS[0] and retrain[1].key == "u1"
+    assert [u.key for u in retraining_list(UTTS, ["a", None, "b", None])] == ["u0", "u2"]
+
+
+def test_outcome_counts_relabels_against_the_moved_ones():
+    noise = {"u1": MovedLabel("u1", "b", "a"), "u2": MovedLabel("u2", "c", "b")}
+    figures = outcome(UTTS, ["c", "b", "a", None], noise)  # u0 (clean) and u2 moved elsewhere, u1 home, u3 out
+    assert figures == {"removed": 1, "relabelled": 3, "moved": 2, "precision": 0.0, "recall": 0.0,
+                       "relabelled_moved": 2, "relabelled_to_true": 1}
+    assert outcome(UTTS, ["a", None, None, "b"], noise)["precision"] == 1.0
+
+
+def test_subcenter_dominant_scores_and_suspects():
+    subcentres = np.stack([np.eye(3), np.eye(3), np.eye(3)])  # (S=3, K=3, D=3)
+    emb = unit((1, .1, 0), (1, 0, .1), (.9, .2, 0), (.1, 1, 0),  # class 0: three near sub-centre 0, one near 1
+               (0, .1, 1), (.1, 0, 1), (1, 0, .2),  # class 1: two near 2, one near 0
+               (0, 1, .1), (0, .1, 1))  # class 2: one near 1, one near 2: a tie, the lower index wins
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2])
+    scores, dominant, suspects = subcenter_scores(emb, labels, subcentres)
+    np.testing.assert_array_equal(dominant, np.eye(3)[[0, 2, 1]])
+    assert suspects.tolist() == [False, False, False, True, False, False, True, False, True]
+    np.testing.assert_allclose(scores, [emb[i] @ dominant[labels[i]] for i in range(9)])
+    assert np.argmin(scores[:4]) == 3  # the suspect is the least typical of its class
+
+
+def test_subcenter_scores_read_the_heads_subcentres():
+    head = SubcenterAAMHead(embed_dim=4, num_speakers=3, margin=0.2, scale=30.0, subcenters=2)
+    weights = head.weight.detach().numpy().reshape(3, 2, 4)  # speaker-major rows
+    weights = weights / np.linalg.norm(weights, axis=2, keepdims=True)
+    emb = unit(*np.random.default_rng(5).normal(size=(6, 4)))
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    s = train_sort.utterance_scores(SimpleNamespace(head=head), "subcenter", emb, labels, np.array([2, 0, 1]))
+    expected = subcenter_scores(emb, labels, weights[[2, 0, 1]])  # the list's speakers are the head's rows 2, 0, 1
+    np.testing.assert_allclose(s.score, expected[0], rtol=1e-5)
+    np.testing.assert_allclose(s.centres, expected[1], rtol=1e-5)
+    cosine = head.cosine(torch.from_numpy(emb).float()).detach().numpy()  # (N, S): the best sub-centre
+    np.testing.assert_allclose(cosine, np.einsum("nd,skd->nsk", emb, weights).max(axis=2), rtol=1e-5)
+
+
+def test_kept_mask_ranks_within_each_speaker():
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    scores = np.array([0.9, 0.1, 0.2, 0.8, 0.5, 0.7])
+    assert kept_mask(scores, labels, [0, 70], 0).tolist() == [True, False, False, True, True, True]
+
+
+def test_centroid_centres_and_own_score():
+    rng = np.random.default_rng(3)
+    emb = unit(*rng.normal(size=(7, 4)))
+    labels = np.array([0, 1, 0, 1, 2, 2, 0])
+    s = train_sort.utterance_scores(None, "centroid", emb, labels, np.arange(3))
+    np.testing.assert_array_equal(s.own, leave_one_out_centroid_scores(emb, labels))
+    mean = emb[labels == 1].mean(0)
+    np.testing.assert_allclose(s.centres[1], mean / np.linalg.norm(mean))
+
+
+def test_read_label_noise_must_match_the_run(tmp_path):
+    save_index(UTTS, tmp_path / "train_list.jsonl")
+    assert read_label_noise(tmp_path, UTTS) == {}
+    write_moved_labels([MovedLabel("u1", "b", "a")], tmp_path / "label_noise.txt")
+    assert read_label_noise(tmp_path, UTTS) == {"u1": MovedLabel("u1", "b", "a")}
+    for line, why in [("zz b a", "'zz' is not in it"), ("u1 a b", "'u1' is labelled 'a' there, not 'b'")]:
+        (tmp_path / "label_noise.txt").write_text(line + "\n")
+        with pytest.raises(UserError, match=f"label_noise.txt:1: does not match the run: {why}"):
+            read_label_noise(tmp_path, UTTS)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"oracle": "drop", "keep": [0, 80]}, "--keep: --oracle ignores the scores"),
+    ({"relabel_margin": 0.2}, "--relabel-margin: --action drop relabels nothing"),
+    ({"keep": [50, 50]}, "keeps nothing"),
+])
+def test_command_line_checks(overrides, message):
+    overrides = {"source": "exp/x", **overrides}
+    with pytest.raises(UserError, match=message):
+        train_sort.check_command_line(build_config(overrides), overrides)
+
+
+def test_source_checks(tmp_path):
+    class Source:  # what check_source reads of a Trained
+        cfg = build_config({"loss": "aam"})
+
+    with pytest.raises(UserError, match="--oracle relabel: .*label_noise.txt: missing"):
+        train_sort.check_source(build_config({"oracle": "relabel"}), Source, {}, tmp_path)
+    with pytest.raises(UserError, match=f"--sort-by subcenter: {tmp_path} was trained with --loss aam"):
+        train_sort.check_source(build_config({"sort_by": "subcenter"}), Source, {}, tmp_path)
+    Source.cfg = build_config({"loss": "subcenter_aam"})
+    train_sort.check_source(build_config({"sort_by": "subcenter"}), Source, {}, tmp_path)
+    with pytest.raises(UserError, match="round 2 ranks with the retrained model"):
+        train_sort.check_source(build_config({"sort_by": "subcenter", "rounds": 2}), Source, {}, tmp_path)
+
+
+def same(a: dict, b: dict) -> bool:
+    """Equal reports, NaN (a precision without removals) equal to NaN."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+# --- rounds -------------------------------------------------------------------------------------------------
+
+def test_rounds_stop_when_the_list_is_unchanged(tmp_path, monkeypatch):
+    chosen = iter([["a", None, "b", "b"], ["a", "b", "b", "b"], ["a", "b", "b", "b"], ["a"] * 4])
+    retrained = []
+
+    def retrain(cfg, r: Round, selection, utts, noise, eer_before):
+        retrained.append(r.number)
+        return {"round": r.number, "eer_after": eer_before / 2, "retrained": True}, f"model{r.number}"
+
+    monkeypatch.setattr(train_sort, "select", lambda *args: Selection(next(chosen), 1))
+    monkeypatch.setattr(train_sort, "retrain", retrain)
+    reports = train_sort.run_rounds(build_config({"rounds": 4}), tmp_path, "model0", UTTS, None, {}, 0.1)
+    assert retrained == [1, 2] and [r["round"] for r in reports] == [1, 2, 3]
+    saved = json.loads((tmp_path / "round3/report.json").read_text())
+    assert same(saved, reports[2]) and not saved["retrained"] and "round 2 again" in saved["stopped"]
+    assert saved["relabelled"] == 1 and saved["kept"] == 4 and saved["rounds_max"] == 4
+
+
+# --- end to end ---------------------------------------------------------------------------------------------
+
+def plant_noise(run: Path, dst: Path) -> list[MovedLabel]:
+    """A copy of `run` whose training list has 4 utterances moved to the next speaker, recorded in
+    label_noise.txt as train.py records it (the checkpoint's speakers are still the list's)."""
+    shutil.copytree(run, dst)
+    utts = load_utterance_list(dst / "train_list.jsonl")
+    speakers = sorted({u.speaker for u in utts})
+    moved = []
+    for i in (0, 7, 14, 21):
+        u = utts[i]
+        other = speakers[(speakers.index(u.speaker) + 1) % len(speakers)]
+        utts[i] = Utterance(u.key, u.path, other, u.num_samples)
+        moved.append(MovedLabel(u.key, u.speaker, other))
+    save_index(utts, dst / "train_list.jsonl")
+    write_moved_labels(moved, dst / "label_noise.txt")
+    return moved
+
+
+def test_train_sort_auto_end_to_end(trained_run, tmp_path, capsys):
+    plant_noise(trained_run, tmp_path / "noisy")
+    [report] = train_sort.main(["--from", str(tmp_path / "noisy"), "--exp-dir", str(tmp_path), "--keep", "0", "50",
+                                "--action", "auto", "--relabel-margin", "0", "--epochs", "1", "--threads", "1",
+                                "--val-trials", "", "--bootstrap", "0"])
+    assert report["moved"] == 4 and report["total"] == 36 and report["retrained"]
+    assert report["removed"] + report["relabelled"] == report["flagged"] > 0  # auto: each flagged one moves or goes
+    assert report["relabelled_to_true"] <= report["relabelled_moved"] <= min(report["relabelled"], 4)
+    assert 0 <= report["eer_after"] <= 1
+    out = tmp_path / "noisy-keep0-50-centroid-auto" / "round1"
+    with open(out / "utterance_scores.tsv") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert len(rows) == 36 and sum(r["kept"] == "0" for r in rows) == report["removed"]
+    assert sum(r["label"] not in ("-", r["speaker"]) for r in rows) == report["relabelled"]
+    retrained = {u.key: u.speaker for u in load_utterance_list(out / "train_list.jsonl")}
+    assert retrained == {r["key"]: r["label"] for r in rows if r["label"] != "-"}
+    assert same(json.loads((out / "report.json").read_text()), report)
+    assert "to their true speaker" in capsys.readouterr().out
+    assert "0-50 (centroid, auto, round 1)" in (tmp_path / "results.md").read_text()

@@ -1,0 +1,124 @@
+"""bench.bench_sort on fake results: which runs each method trains (and with which flags), the table, the pooled
+verdicts from score files, and its one-line errors. Nothing is trained."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bench.bench_sort as bench
+import train_sort
+from config import build_config
+from utils import UserError
+
+
+def row(run: str, noise: float, method: str, eer: float, **extra) -> dict:
+    return {"id": run, "noise": noise, "method": method, "run": Path(run), "eer": eer, "min_dcf": 0.5, **extra}
+
+
+def seed_rows(clean: float, noisy: float, auto: float, oracle: float) -> list[dict]:
+    return [row("clean", 0.0, "clean", clean), row("noisy-0.2", 0.2, "noisy", noisy),
+            row("noisy-0.2-keep0-80-auto", 0.2, "auto 0-80", auto, removed=10, relabelled=6, to_true=4,
+                precision=0.9, recall=0.5, auc=0.98),
+            row("noisy-0.2-oracle-drop", 0.2, "oracle-drop", oracle, removed=8, relabelled=0, to_true=0,
+                precision=1.0, recall=1.0)]
+
+
+def test_table_means_over_seeds_gap_closed_and_its_range():
+    per_seed = [seed_rows(0.04, 0.07, 0.05, 0.04), list(reversed(seed_rows(0.06, 0.09, 0.07, 0.08)))]  # by id
+    verdicts = {"noisy-0.2-keep0-80-auto": "-2.00 [-3.00, -1.00] better"}
+    lines = bench.table(per_seed, verdicts).splitlines()
+    assert "mean of 2 seeds" in lines[0] and "relabelled (to true speaker)" in lines[0]
+    assert lines[2].startswith("| 0 | clean |") and "| 5.00 (4.00-6.00) |" in lines[2]
+    assert lines[3].startswith("| 0.2 | noisy |") and lines[3].endswith("|  |  |")
+    auto = lines[4]  # means 5, 8, 6: (8 - 6) / (8 - 5); each seed's own gap: 2/3 and 2/3
+    assert "| 10 | 6 (4) | 0.90 | 0.50 | 0.980 | 6.00 (5.00-7.00) | 0.5000 | 67% (67% to 67%) |" in auto
+    assert auto.endswith("| -2.00 [-3.00, -1.00] better |")
+    oracle = lines[5]  # means 6: 2/3; seeds: 3/3 and 1/3
+    assert "| 8 | 0 (0) | 1.00 | 1.00 |  | 6.00 (4.00-8.00) |" in oracle and "| 67% (33% to 100%) |" in oracle
+
+
+def test_table_without_a_gap_and_with_one_seed():
+    lines = bench.table([seed_rows(0.07, 0.05, 0.06, 0.05)], {}).splitlines()
+    assert "| test EER % |" in lines[0] and "| 6.00 |" in lines[4] and "n/a (no gap)" in lines[4]
+
+
+def write_scores(run: Path, scores: np.ndarray, labels: np.ndarray) -> None:
+    (run / "scores").mkdir(parents=True)
+    (run / "scores" / "trials.txt").write_text("".join(
+        f"id{i % 8}/a{i}.wav id{(i + (0 if y else 1)) % 8}/b{i}.wav {s:.4f} {y}\n"
+        for i, (s, y) in enumerate(zip(scores, labels))))
+
+
+def test_pooled_verdicts_against_the_noisy_run(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.arange(160) % 2
+    per_seed = []
+    for seed in (0, 1):
+        rows = seed_rows(0.04, 0.07, 0.05, 0.04)
+        for r, spread in zip(rows, (0.2, 2.0, 0.2, 2.5)):  # auto separates far better than noisy, oracle worse
+            r["run"] = tmp_path / f"seed{seed}" / r["id"]
+            write_scores(r["run"], labels + spread * rng.normal(size=160), labels)
+        per_seed.append(rows)
+    verdicts = bench.pooled_verdicts(per_seed, "speaker", 200)
+    assert set(verdicts) == {"noisy-0.2-keep0-80-auto", "noisy-0.2-oracle-drop"}
+    assert verdicts["noisy-0.2-keep0-80-auto"].endswith(" better") and " [" in verdicts["noisy-0.2-keep0-80-auto"]
+
+
+def test_each_method_trains_the_runs_it_names(tmp_path, monkeypatch):
+    trained, sorted_ = [], []
+
+    def train_run(root, name, flags):
+        trained.append((name, flags))
+        return {"eer": 0.05, "min_dcf": {"0.01": 0.5}}
+
+    def sort_row(root, name, source, noise, method, flags, moved):
+        sorted_.append((name, source, flags))
+        return row(name, noise, method, 0.05)
+
+    monkeypatch.setattr(bench, "train_run", train_run)
+    monkeypatch.setattr(bench, "sort_row", sort_row)
+    monkeypatch.setattr(bench, "saved_config", lambda run: build_config({"epochs": 3, "loss": "am"}))
+    monkeypatch.setattr(bench, "read_train_list", lambda run: [])
+    monkeypatch.setattr(train_sort, "read_label_noise", lambda run, utts: {})
+    (tmp_path / "noisy-0.1-intrain").mkdir()
+    (tmp_path / "noisy-0.1-intrain/log.csv").write_text("epoch,left_out,left_out_precision,left_out_recall\n"
+                                                        "1,,,\n6,30,0.5000,0.4000\n")
+    plan = bench.Plan([0.1], list(bench.METHODS), [(0.0, 80.0), (0.0, 90.0)], None, None)
+    rows = bench.experiment(tmp_path, plan, ["--epochs", "3", "--seed", "1"])
+    assert [name for name, _ in trained] == ["clean", "noisy-0.1", "noisy-0.1-subcenter", "noisy-0.1-intrain"]
+    assert trained[2][1][-2:] == ["--loss", "subcenter_aam"] and trained[2][1][:2] == ["--label-noise", "0.1"]
+    assert trained[3][1][-6:] == ["--filter-share", "0.2", "--filter-warmup", "3", "--epochs", "6"]
+    names = {name: (source, flags) for name, source, flags in sorted_}
+    assert list(names) == ["noisy-0.1-keep0-80", "noisy-0.1-keep0-90", "noisy-0.1-keep0-80-relabel",
+                           "noisy-0.1-keep0-90-relabel", "noisy-0.1-keep0-80-auto", "noisy-0.1-keep0-90-auto",
+                           "noisy-0.1-subcenter-keep0-80", "noisy-0.1-subcenter-keep0-90",
+                           "noisy-0.1-oracle-drop", "noisy-0.1-oracle-relabel"]
+    assert names["noisy-0.1-keep0-90-auto"] == ("noisy-0.1", ["--epochs", "3", "--seed", "1", "--keep", "0", "90",
+                                                              "--action", "auto"])
+    assert names["noisy-0.1-subcenter-keep0-80"][0] == "noisy-0.1-subcenter"
+    assert names["noisy-0.1-subcenter-keep0-80"][1][-4:] == ["--sort-by", "subcenter", "--loss", "am"]
+    assert names["noisy-0.1-oracle-relabel"][1][-2:] == ["--oracle", "relabel"]
+    assert [r["method"] for r in rows][:2] == ["clean", "noisy"] and len(rows) == 2 + 2 * 3 + 3 + 1 + 2
+    intrain = next(r for r in rows if r["id"] == "noisy-0.1-intrain")
+    assert intrain["method"] == "intrain 0.2 after 3" and (intrain["removed"], intrain["recall"]) == (30, 0.4)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--oracle"], "--oracle: replaced by --methods oracle-drop"),
+    (["--methods", "trim"], "argument --methods: invalid choice: 'trim'"),
+    (["--keep", "80-80"], "keeps nothing"),
+    (["--", "--seed", "3"], "--seed: set by bench_sort for each run"),
+    (["--", "--lr", "x"], "lr: cannot use 'x'"),
+    (["--filter-share", "1.5"], "--filter-share: must be in (0, 1)"),
+])
+def test_bad_command_lines_fail_before_any_run(argv, message, tmp_path):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        bench.main(["--root", str(tmp_path), *argv])
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_corpus_without_its_recipe_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(bench.CORPUS_CONFIGS, "harmonic", tmp_path / "harmonic.yaml")
+    with pytest.raises(UserError, match="--corpus harmonic: .*harmonic.yaml: missing"):
+        bench.main(["--root", str(tmp_path), "--corpus", "harmonic"])
