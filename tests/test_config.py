@@ -6,10 +6,13 @@ import yaml
 from config import Config, ConfigError, build_config, parse_args, parse_config, save_config
 
 
-def test_defaults_are_the_recipe():
+def test_defaults_are_the_recipe_with_the_measured_lr():
     cfg = Config()
-    assert (cfg.model, cfg.optimizer, cfg.lr, cfg.lr_decay, cfg.batch_size) == ("ecapa_tdnn", "adam", 0.0005, 0.97, 64)
+    assert (cfg.model, cfg.optimizer, cfg.lr, cfg.lr_decay, cfg.batch_size) == ("ecapa_tdnn", "adam", 0.001, 0.97, 64)
     assert (cfg.loss, cfg.scale, cfg.margin, cfg.spec_augment) == ("aam", 30.0, 0.2, True)
+    descent = parse_config(["--config", "recipes/descent.yaml"], "test")  # the recipe as it was: one file away
+    assert descent.lr == 0.0005 and {k: v for k, v in vars(descent).items() if k != "lr"} == {
+        k: v for k, v in vars(cfg).items() if k != "lr"}
 
 
 def test_precedence_defaults_file_flags(tmp_path):
