@@ -35,6 +35,11 @@ def test_list_flags():
     (["--model", "resnet99"], "model: 'resnet99' is not one of"),
     (["--lr", "-1"], "lr: must be > 0"),
     (["--label-noise", "1.5"], "label_noise: must be in [0, 1)"),
+    (["--spec-augment-prob", "1.5"], "spec_augment_prob: a probability, must be in [0, 1]"),
+    (["--aug-prob", "-0.1"], "aug_prob: a probability, must be in [0, 1]"),
+    (["--compile", "maybe"], "compile: 'maybe' is not one of"),
+    (["--demo-generator", "vocoder"], "demo_generator: 'vocoder' is not one of"),
+    (["--action", "move"], "action: 'move' is not one of"),
 ])
 def test_bad_flags_are_one_line_errors(argv, message):
     with pytest.raises(ConfigError, match=None) as err:

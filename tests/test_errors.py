@@ -255,6 +255,8 @@ CASES = [
          "epoch 1: the weights became NaN or infinite (loss nan): the training diverged"),
     Case("config: --test-durations nan", lambda i: [*i.pair(i.test_files()[1]), "--test-durations", "nan"],
          "test_durations: must be a finite number"),
+    Case("config: --spec-augment-prob 1.5", lambda i: i.train("--spec-augment-prob", "1.5"),
+         "spec_augment_prob: a probability, must be in [0, 1], got 1.5"),
     Case("config: --cmn maybe", lambda i: i.train("--cmn", "maybe"),
          "--cmn: an on/off flag takes no value, got 'maybe'; write --cmn or --no-cmn"),
     Case("config: a YAML file not in UTF-8", lambda i: i.train("--config", i.file("c.yaml", b"lr: 0.1 # \xe9\n")),
