@@ -187,6 +187,8 @@ class Config:
     # speaker's centre move to it, the rest stay) | auto (those move, the rest are dropped)
     relabel_margin: float = 0.1  # cosine units: cos(another speaker's centre) - cos(own centre) needed to relabel;
     # 0.1, not 0: an utterance about as near two centres is a coin toss (untuned; bench.bench_sort measures)
+    relabel_from: str = "flagged"  # which utterances relabel and auto may move: flagged (those outside the kept
+    # range) | all (any utterance clearly nearer another speaker's centre, inside the range too)
     oracle: str = ""  # "" = off | drop | relabel: ignore the scores; drop exactly the moved utterances of the
     # source's label_noise.txt, or give them back their true speaker (what a perfect detector would give)
 
@@ -204,7 +206,7 @@ EVAL_KEYS = ("test_data", "test_trials", "eval_batch_size", "max_eval_frames", "
              "bootstrap", "bootstrap_unit", "test_durations", "enroll_mode")
 INFERENCE_ONLY = ("checkpoint", "calibrate", "calibrate_data", "val_data", "decision_p_target", "decision_threshold",
                   "runtime", "onnx_file")
-SORT_KEYS = ("source", "keep", "sort_by", "min_keep", "rounds", "action", "relabel_margin", "oracle")
+SORT_KEYS = ("source", "keep", "sort_by", "min_keep", "rounds", "action", "relabel_margin", "relabel_from", "oracle")
 
 
 def _train_keys() -> tuple[str, ...]:
@@ -216,7 +218,7 @@ def _train_keys() -> tuple[str, ...]:
 SCOPES: dict[str, tuple[str, ...]] = {
     "train.py": _train_keys(),
     "inference.py": (*RUN_KEYS, *MODEL_KEYS, *EVAL_KEYS, *INFERENCE_ONLY),
-    "train_sort.py": (*(k for k in _train_keys() if k != "resume"), *SORT_KEYS),
+    "train_sort.py": (*_train_keys(), *SORT_KEYS),  # --resume: finished rounds reused, an unfinished one resumed
 }
 
 
@@ -236,6 +238,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("adam", "sgd"),
     "sort_by": ("centroid", "class_weight", "loss", "subcenter"),
     "action": ("drop", "relabel", "auto"),
+    "relabel_from": ("flagged", "all"),
     "oracle": ("", "drop", "relabel"),
     "sampler": ("random", "balanced"),
     "decision_threshold": ("bayes", "min_dcf", "eer"),

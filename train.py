@@ -108,18 +108,27 @@ log = logging.getLogger("voiceprint")
 
 # --- distributed (the process group itself: distributed.py) ---------------------------------------------
 
-def check_disjoint_shards(sampler: torch.utils.data.Sampler, num_items: int, d: Dist, device: torch.device) -> int:
-    """Under DDP, verify that this epoch's shards of the ranks do not overlap; returns this rank's count."""
-    seen = torch.zeros(num_items, dtype=torch.int32)
-    for batch in sampler:
-        seen[[i for i, _ in batch]] += 1
-    count = int(seen.sum())
-    if d.distributed:
-        seen = seen.to(device)  # nccl reduces CUDA tensors only, gloo CPU ones
-        dist.all_reduce(seen)
-        if int(seen.max()) > 1:
+def sampler_draws(sampler: torch.utils.data.Sampler) -> torch.Tensor:
+    """(n, 2) int64: a rank's draws this epoch, each an utterance and its crop seed."""
+    return torch.tensor([draw for batch in sampler for draw in batch], dtype=torch.int64).reshape(-1, 2)
+
+
+def repeated_draws(draws: Sequence[torch.Tensor]) -> int:
+    """How many of the ranks' draws (sampler_draws) repeat another: an utterance drawn twice with the same
+    crop seed. The balanced sampler may pad two ranks' batches with one utterance, with other crop seeds."""
+    every = torch.cat(list(draws))
+    return len(every) - len(torch.unique(every, dim=0))
+
+
+def check_disjoint_shards(sampler: torch.utils.data.Sampler, d: Dist, device: torch.device) -> int:
+    """Under DDP, verify that the ranks' shards of this epoch share no draw; returns this rank's count."""
+    draws = sampler_draws(sampler)
+    if d.distributed:  # every rank has the same number of batches; nccl gathers CUDA tensors only, gloo CPU ones
+        gathered = [torch.empty_like(draws, device=device) for _ in range(d.world_size)]
+        dist.all_gather(gathered, draws.to(device))
+        if repeated_draws([g.cpu() for g in gathered]):
             raise RuntimeError("DDP ranks drew overlapping training shards")
-    return count
+    return len(draws)
 
 
 def weights_digest(module: nn.Module) -> str:
@@ -691,7 +700,7 @@ def run_epoch(t: Trainer, epoch: int, run: Path, data: TrainingData) -> None:
     filtered = filter_epoch(t, epoch, data)  # the log's left_out fields; {} when not filtering
     t.loader.batch_sampler.set_epoch(epoch, t.start_batch)
     if t.d.distributed:
-        count = check_disjoint_shards(t.loader.batch_sampler, len(t.loader.dataset), t.d, t.device)
+        count = check_disjoint_shards(t.loader.batch_sampler, t.d, t.device)
         if t.d.main:
             log.info("epoch %d: %d ranks drew disjoint shards of %d utterances each", epoch + 1, t.d.world_size,
                      count)

@@ -4,6 +4,7 @@ relabel them, retrain.
     python train_sort.py --from exp/RUN --keep 5 95               # percentiles (0.05 0.95 also accepted)
     python train_sort.py --from exp/RUN --keep 0 90 --rounds 2 --sort-by class_weight
     python train_sort.py --from exp/RUN --keep 0 80 --action auto  # relabel the clear cases, drop the rest
+    python train_sort.py --from exp/RUN --keep 0 80 --action auto --relabel-from all --rounds 2 --resume
     python train_sort.py --from exp/SUBCENTER_RUN --keep 0 80 --sort-by subcenter --loss aam
     python train_sort.py --from exp/NOISY_RUN --oracle relabel     # the moved utterances back to their speaker
 
@@ -15,7 +16,9 @@ least --min-keep of them kept), drops or relabels the flagged ones (--action), r
 config (flags on this command line override it, except those that define the model and its features, which
 must stay the source's) on the resulting list, and evaluates through evaluation.py, as train.py and
 inference.py do. `--rounds N` repeats it, each round re-scoring the source's full list with the newest model;
-a round whose list and labels equal the previous round's is not retrained and ends the rounds.
+a round whose list and labels equal the previous round's is not retrained and ends the rounds. `--resume`
+runs the same command again after a kill, or with more --rounds: a finished round is reused (its scores are
+recomputed and must select the list it trained on), an unfinished one continues from its last checkpoint.
 
 Scores, higher = more typical of the labelled speaker (--sort-by):
   centroid      cos(e, the mean embedding of the speaker's other utterances)
@@ -30,11 +33,14 @@ The flagged utterances (--action):
   relabel  one clearly nearer another speaker's centre (cos to it - cos to its own speaker's centre >=
            --relabel-margin) moves to that speaker; the others stay under their label
   auto     those move; the others are dropped
+With `--relabel-from all`, relabel and auto move any utterance clearly nearer another speaker's centre, inside
+the kept range too (a speaker given more mislabelled utterances than the flagged share keeps the excess
+otherwise); the flagged ones that do not move are kept (relabel) or dropped (auto) as before.
 A speaker's centre: its mean embedding (centroid; an utterance left out of its own speaker's), its class weight
 (class_weight, loss), its dominant sub-centre (subcenter). `--oracle drop|relabel` ignores the scores: it drops
 exactly the moved utterances of the source's label_noise.txt, or gives them back their true speaker.
 
-Scores, the retraining labels and a report go to exp/<source>-keep<low>-<high>-<sort_by>[-<action>]/round<k>/
+Scores, the retraining labels and a report go to exp/<source>-keep<low>-<high>-<sort_by>[-<action>][-all]/round<k>/
 (exp/<source>-oracle-<drop|relabel>/ for the oracle); when the source run injected label noise, the report gives
 precision and recall of the removed utterances against the ones that moved, how many moved utterances were
 relabelled and how many of those went to their true speaker.
@@ -59,7 +65,7 @@ import numpy as np
 import torch
 
 from config import SORT_KEYS, Config, build_config, check_model_keys, make_parser, parse_args
-from data.corpus import MovedLabel, Utterance, speakers_of
+from data.corpus import MovedLabel, Utterance, load_utterance_list, speakers_of
 from data.crops import speed_speakers
 from data.samplers import round_half_up
 from distributed import current, finish_distributed, init_distributed
@@ -196,12 +202,12 @@ def kept_mask(scores: np.ndarray, labels: np.ndarray, keep: Sequence[float], min
 
 
 def relabel_targets(embeddings: np.ndarray, labels: np.ndarray, own: np.ndarray, centres: np.ndarray,
-                    flagged: np.ndarray, margin: float) -> dict[int, int]:
-    """{utterance: speaker} for the `flagged` utterances (indices) clearly nearer another speaker's centre:
-    cos(e, the nearest other centre) - own (its cosine to its labelled speaker's) >= margin."""
+                    candidates: np.ndarray, margin: float) -> dict[int, int]:
+    """{utterance: speaker} for the `candidates` (indices; the flagged ones, or all) clearly nearer another
+    speaker's centre: cos(e, the nearest other centre) - own (its cosine to its labelled speaker's) >= margin."""
     targets: dict[int, int] = {}
-    for s in chunks(len(flagged)):
-        idx = flagged[s]
+    for s in chunks(len(candidates)):
+        idx = candidates[s]
         cos = embeddings[idx] @ centres.T  # (F, S)
         cos[np.arange(len(idx)), labels[idx]] = -np.inf  # another speaker's
         best = cos.argmax(axis=1)  # (F,)
@@ -212,15 +218,15 @@ def relabel_targets(embeddings: np.ndarray, labels: np.ndarray, own: np.ndarray,
 
 def new_labels(utts: Sequence[Utterance], speakers: Sequence[str], kept: np.ndarray, targets: dict[int, int],
                action: str) -> list[str | None]:
-    """Each utterance's label in the retraining list, None = dropped: a kept one keeps its label; a flagged
-    one with a target moves to it (relabel, auto), one without stays (relabel) or is dropped (auto); drop
-    drops every flagged one."""
+    """Each utterance's label in the retraining list, None = dropped: one with a target moves to it (relabel,
+    auto; the targets are flagged ones unless --relabel-from all); a kept one keeps its label; a flagged one
+    without a target stays (relabel) or is dropped (auto); drop drops every flagged one."""
     labels: list[str | None] = []
     for i, (u, k) in enumerate(zip(utts, kept)):
-        if k:
-            labels.append(u.speaker)
-        elif action != "drop" and i in targets:
+        if action != "drop" and i in targets:
             labels.append(speakers[targets[i]])
+        elif k:
+            labels.append(u.speaker)
         else:
             labels.append(u.speaker if action == "relabel" else None)
     return labels
@@ -317,7 +323,7 @@ def class_rows(trained: Trained, utts: Sequence[Utterance], source: Path) -> np.
     return np.array([index[s] for s in speakers])
 
 
-SCORE_KEYS = ("keep", "sort_by", "min_keep", "action", "relabel_margin")  # what the oracle ignores
+SCORE_KEYS = ("keep", "sort_by", "min_keep", "action", "relabel_margin", "relabel_from")  # what the oracle ignores
 
 
 def check_command_line(cli: Config, overrides: dict[str, object]) -> None:
@@ -328,8 +334,9 @@ def check_command_line(cli: Config, overrides: dict[str, object]) -> None:
     given = [k for k in SCORE_KEYS if k in overrides]
     if cli.oracle and given:
         raise UserError(f"--{given[0].replace('_', '-')}: --oracle ignores the scores; give one or the other")
-    if "relabel_margin" in overrides and cli.action == "drop":
-        raise UserError("--relabel-margin: --action drop relabels nothing; use --action relabel or auto")
+    for key in ("relabel_margin", "relabel_from"):
+        if key in overrides and cli.action == "drop":
+            raise UserError(f"--{key.replace('_', '-')}: --action drop relabels nothing; use --action relabel or auto")
 
 
 def check_source(cfg: Config, trained: Trained, noise: dict[str, MovedLabel], source: Path) -> None:
@@ -381,8 +388,9 @@ def select(trained: Trained, utts: list[Utterance], rows: np.ndarray, cfg: Confi
     scores = utterance_scores(trained, cfg.sort_by, embeddings, ids, rows)
     kept = kept_mask(scores.score, ids, cfg.keep, cfg.min_keep)
     flagged = np.flatnonzero(~kept)
+    candidates = np.arange(len(utts)) if cfg.relabel_from == "all" else flagged
     targets = ({} if cfg.action == "drop" else
-               relabel_targets(embeddings, ids, scores.own, scores.centres, flagged, cfg.relabel_margin))
+               relabel_targets(embeddings, ids, scores.own, scores.centres, candidates, cfg.relabel_margin))
     labels = new_labels(utts, speakers, kept, targets, cfg.action)
     write_scores(out, utts, scores.score, labels)
     extra = {}
@@ -455,7 +463,8 @@ def method_text(cfg: Config) -> str:
     if cfg.oracle:
         return f"oracle ({cfg.oracle}"
     low, high = percent_range(cfg.keep)
-    return f"{low:g}-{high:g} ({cfg.sort_by}" + ("" if cfg.action == "drop" else f", {cfg.action}")
+    action = "" if cfg.action == "drop" else f", {cfg.action}" + (", from all" if cfg.relabel_from == "all" else "")
+    return f"{low:g}-{high:g} ({cfg.sort_by}{action}"
 
 
 def round_figures(r: Round, chosen: Selection, utts: Sequence[Utterance], noise: dict[str, MovedLabel],
@@ -465,14 +474,38 @@ def round_figures(r: Round, chosen: Selection, utts: Sequence[Utterance], noise:
             "kept": kept, "total": len(utts), **outcome(utts, chosen.labels, noise), **chosen.extra}
 
 
+def earlier_round(cfg: Config, r: Round, retraining: Sequence[Utterance]) -> str:
+    """"new", or what an earlier run left in the round's folder: "finished" (its report and results) or
+    "unfinished" (checkpoints); both only with --resume, and only when it trained on this round's list."""
+    if latest_checkpoint(r.out) is None and not (r.out / "results.json").is_file():
+        return "new"
+    if not cfg.resume:
+        raise UserError(f"{r.out}: holds an earlier round; pass --resume to continue it, or another --name")
+    saved = r.out / "train_list.jsonl"
+    if not saved.is_file() or ([(u.key, u.speaker) for u in load_utterance_list(saved)] !=
+                               [(u.key, u.speaker) for u in retraining]):
+        raise UserError(f"{r.out}: trained on another list than round {r.number} of this command selects (another "
+                        f"source, range, action or flag); --resume continues the same command only, or use another "
+                        f"--name")
+    done = (r.out / "report.json").is_file() and (r.out / "results.json").is_file()
+    return "finished" if done else "unfinished"
+
+
 def retrain(cfg: Config, r: Round, chosen: Selection, utts: list[Utterance], noise: dict[str, MovedLabel],
             eer_before: float) -> tuple[dict, Trained]:
-    """Retrain on the round's list and labels, report; returns the report and the retrained model."""
+    """Retrain on the round's list and labels (or take the round an earlier run finished), report; returns
+    the report and the retrained model."""
     low, high = percent_range(cfg.keep)
     summary = selection_summary(utts, chosen, None if cfg.oracle else low + 100 - high)
     log.info("round %d: %s", r.number, summary)
-    run_cfg = build_config({"name": f"{r.root.name}/round{r.number}"}, base=dataclasses.asdict(cfg))
-    run = train(run_cfg, utterances=retraining_list(utts, chosen.labels), run=r.out, kept=r.kept)
+    retraining = retraining_list(utts, chosen.labels)
+    state = earlier_round(cfg, r, retraining)
+    if state == "finished":
+        log.info("round %d: finished by an earlier run of this command, reused (%s)", r.number, r.out)
+        return json.loads(read_text(r.out / "report.json")), load_trained(find_checkpoint(str(r.out), cfg.exp_dir))
+    run_cfg = build_config({"name": f"{r.root.name}/round{r.number}", "resume": state == "unfinished"},
+                           base=dataclasses.asdict(cfg))
+    run = train(run_cfg, utterances=retraining, run=r.out, kept=r.kept)
     retrained = load_trained(find_checkpoint(str(run), cfg.exp_dir))
     report = {**round_figures(r, chosen, utts, noise, cfg), "summary": summary, "retrained": True,
               "eer_before": eer_before, "eer_after": test_eer(cfg, retrained)}
@@ -527,7 +560,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     d = init_distributed(cfg.device, cfg.dist_timeout_min)  # under torchrun: every rank embeds its share
     low, high = percent_range(cfg.keep)
     method = (f"oracle-{cfg.oracle}" if cfg.oracle else f"keep{low:g}-{high:g}-{cfg.sort_by}"
-              + ("" if cfg.action == "drop" else f"-{cfg.action}"))
+              + ("" if cfg.action == "drop" else f"-{cfg.action}") + ("-all" if cfg.relabel_from == "all" else ""))
     root = Path(cfg.exp_dir) / (overrides.get("name") or f"{source.name}-{method}")
     reports = run_rounds(cfg, root, trained, utts, rows, noise, test_eer(cfg, trained))
     finish_distributed(d)

@@ -3,6 +3,7 @@
     python -m bench.bench_sort --corpus demo --noise 0.1 0.2 --seeds 0 1 2 -- --epochs 8      # every method
     python -m bench.bench_sort --corpus harmonic --methods drop auto oracle-drop --seeds 0 1 2 -- --epochs 8
     python -m bench.bench_sort --keep 5-95 10-90 0-90 0-80 --methods drop    # the earlier comparison of ranges
+    python -m bench.bench_sort --methods auto-all oracle-drop --rounds 2 -- --epochs 8   # a row per round
 
 Run from the repository root. `--corpus demo` is the generated demo corpus (the config defaults); `--corpus
 harmonic` gives every run `--config recipes/harmonic.yaml`. Every run of a seed shares one config: the
@@ -13,6 +14,8 @@ whole experiment per seed, in <root>/<corpus>/seed<s>/:
 and for each noise level the methods (--methods; drop, relabel, auto and subcenter once per --keep range):
 - drop: noisy-<n>-keep<lo>-<hi>, train_sort.py --from noisy-<n> --keep lo hi (centroid scores, 1 round);
 - relabel, auto: noisy-<n>-keep<lo>-<hi>-<action>, the same with --action relabel / auto;
+- relabel-all, auto-all: noisy-<n>-keep<lo>-<hi>-<action>-all, the same with --relabel-from all (any utterance
+  clearly nearer another speaker's centre moves, flagged or not);
 - subcenter: noisy-<n>-subcenter, train.py --label-noise n --loss subcenter_aam (a row of its own: Deng et al.'s
   head alone), then noisy-<n>-subcenter-keep<lo>-<hi>, train_sort.py --sort-by subcenter on it, retrained with
   the noisy run's loss so that the row compares with the others;
@@ -22,9 +25,12 @@ and for each noise level the methods (--methods; drop, relabel, auto and subcent
 - oracle-drop, oracle-relabel: noisy-<n>-oracle-<drop|relabel>, train_sort.py --oracle: exactly the moved
   utterances dropped, or given back their true speaker (a perfect detector). (The earlier `--oracle` flag is
   oracle-drop.)
-Each run is skipped when its results exist, so a killed bench resumes where it stopped: a training run killed
-midway continues from its last epoch checkpoint, a train_sort round is redone (and the runs of one seed may be
-spread over several processes or machines, then tabulated together).
+`--rounds R` gives drop, relabel and auto (and the -all ones) train_sort's --rounds R and a row per round (a
+round that stopped because its list was unchanged repeats the previous round's row). Each run is skipped when
+its results exist, so a killed bench resumes where it stopped: a training run killed midway, or a train_sort
+round, continues from its last checkpoint (train_sort --resume), and a bench with more --rounds than an
+earlier one adds rounds to its runs; the runs of one seed may be spread over several processes or machines,
+then tabulated together.
 
 Columns (means over the seeds): the utterances removed, and relabelled (in brackets: to their true speaker);
 precision and recall of the removed set against the moved one (intrain: its last epoch's left-out set, from
@@ -42,7 +48,6 @@ import argparse
 import csv
 import json
 import logging
-import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,7 +70,8 @@ log = logging.getLogger("voiceprint")
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS_CONFIGS = {"demo": None, "harmonic": ROOT / "recipes" / "harmonic.yaml"}  # --config of every run
-METHODS = ("drop", "relabel", "auto", "subcenter", "intrain", "oracle-drop", "oracle-relabel")
+METHODS = ("drop", "relabel", "auto", "relabel-all", "auto-all", "subcenter", "intrain", "oracle-drop",
+           "oracle-relabel")
 OWNED = ("seed", "name", "exp_dir", "resume", "label_noise", "filter_share", "filter_warmup")  # set per run
 VERDICT_WORDS = {"A better": "better", "B better": "worse", "not resolved": "not resolved"}
 
@@ -77,6 +83,7 @@ class Plan:
     keeps: list[tuple[float, float]]
     filter_share: float | None  # intrain; None = the first range's flagged share
     filter_warmup: int | None  # intrain; None = the noisy run's epochs
+    rounds: int = 1  # train_sort's --rounds of drop, relabel, auto and subcenter: a row per round
 
 
 def corpus_flags(corpus: str) -> list[str]:
@@ -109,16 +116,31 @@ def train_run(root: Path, name: str, flags: list[str]) -> dict:
     return results(run)
 
 
-def sort_run(root: Path, name: str, source: str, flags: list[str]) -> tuple[Path, dict]:
-    run = root / name / "round1"
-    if results(run) is None:
-        partial = run / "checkpoints"
-        if partial.is_dir() and any(partial.iterdir()):  # killed mid-round: train_sort cannot resume a round
-            log.warning("bench_sort: %s holds an unfinished round; its checkpoints are removed and it is redone", run)
-            shutil.rmtree(partial)
-        log.info("bench_sort: train_sort %s", run)
-        train_sort.main(["--exp-dir", str(root), "--name", name, "--from", str(root / source), *flags])
-    return run, results(run)
+def round_reports(folder: Path) -> list[dict]:
+    """The reports of a train_sort folder's rounds, in order, up to the first missing one."""
+    reports = []
+    while (path := folder / f"round{len(reports) + 1}" / "report.json").is_file():
+        reports.append(json.loads(path.read_text()))
+    return reports
+
+
+def sort_run(root: Path, name: str, source: str, flags: list[str], rounds: int) -> list[tuple[Path, dict]]:
+    """train_sort with up to `rounds` rounds (resumed when an earlier bench left some); per round, the folder
+    of the model it ends with and its report. A round that stopped (list unchanged) ends with the previous
+    round's model, so every seed has `rounds` rows whatever round it stopped at."""
+    folder = root / name
+    reports = round_reports(folder)
+    if len(reports) < rounds and not any(not r["retrained"] for r in reports):
+        resume = ["--resume"] if folder.is_dir() else []  # a finished round is reused, a killed one continues
+        log.info("bench_sort: train_sort %s, %d round(s)", folder, rounds)
+        train_sort.main(["--exp-dir", str(root), "--name", name, "--from", str(root / source), "--rounds",
+                         str(rounds), *resume, *flags])
+        reports = round_reports(folder)
+    out: list[tuple[Path, dict]] = []
+    for k in range(1, rounds + 1):
+        report = reports[k - 1] if k <= len(reports) and reports[k - 1]["retrained"] else None
+        out.append((folder / f"round{k}", report) if report else out[-1])
+    return out
 
 
 def saved_config(run: Path) -> Config:
@@ -146,16 +168,19 @@ def result_row(name: str, noise: float, method: str, run: Path, r: dict) -> dict
             "min_dcf": r["min_dcf"][str(P_TARGETS[0])]}
 
 
-def sort_row(root: Path, name: str, source: str, noise: float, method: str, flags: list[str],
-             moved: set[str]) -> dict:
-    """A train_sort run (`flags` after the shared ones) as a row, with its report's counts."""
-    run, r = sort_run(root, name, source, flags)
-    report = json.loads((run / "report.json").read_text())
-    # .get: a report of the earlier train_sort (drop only) has no relabelled counts
-    row = {**result_row(name, noise, method, run, r), "removed": report["removed"],
-           "relabelled": report.get("relabelled", 0), "to_true": report.get("relabelled_to_true", 0),
-           "precision": report["precision"], "recall": report["recall"]}
-    return row if "--oracle" in flags else {**row, "auc": score_auc(run, moved)}
+def sort_rows(root: Path, name: str, source: str, noise: float, method: str, flags: list[str],
+              moved: set[str], rounds: int = 1) -> list[dict]:
+    """A train_sort run (`flags` after the shared ones) as a row per round, with its report's counts."""
+    rows = []
+    for k, (run, report) in enumerate(sort_run(root, name, source, flags, rounds), start=1):
+        suffix = "" if k == 1 else f" round {k}"
+        # .get: a report of the earlier train_sort (drop only) has no relabelled counts
+        row = {**result_row(name + ("" if k == 1 else f"/round{k}"), noise, method + suffix, run, results(run)),
+               "removed": report["removed"], "relabelled": report.get("relabelled", 0),
+               "to_true": report.get("relabelled_to_true", 0), "precision": report["precision"],
+               "recall": report["recall"]}
+        rows.append(row if "--oracle" in flags else {**row, "auc": score_auc(run, moved)})
+    return rows
 
 
 @dataclass(frozen=True)
@@ -175,10 +200,14 @@ def range_name(keep: tuple[float, float]) -> str:
     return f"{keep[0]:g}-{keep[1]:g}"
 
 
-def sorted_rows(n: Noisy, plan: Plan, action: str) -> list[dict]:
-    suffix, extra = ("", []) if action == "drop" else (f"-{action}", ["--action", action])
-    return [sort_row(n.root, f"{n.name}-keep{range_name(k)}{suffix}", n.name, n.noise, f"{action} {range_name(k)}",
-                     [*n.flags, "--keep", f"{k[0]:g}", f"{k[1]:g}", *extra], n.moved) for k in plan.keeps]
+def sorted_rows(n: Noisy, plan: Plan, method: str) -> list[dict]:
+    """drop, relabel, auto, relabel-all, auto-all: train_sort --action (and --relabel-from all) per range."""
+    action, _, scope = method.partition("-")
+    extra = [] if action == "drop" else ["--action", action] + (["--relabel-from", "all"] if scope else [])
+    suffix = "" if action == "drop" else f"-{method}"
+    return [row for k in plan.keeps for row in
+            sort_rows(n.root, f"{n.name}-keep{range_name(k)}{suffix}", n.name, n.noise, f"{method} {range_name(k)}",
+                      [*n.flags, "--keep", f"{k[0]:g}", f"{k[1]:g}", *extra], n.moved, plan.rounds)]
 
 
 def subcenter_rows(n: Noisy, plan: Plan) -> list[dict]:
@@ -186,9 +215,10 @@ def subcenter_rows(n: Noisy, plan: Plan) -> list[dict]:
     r = train_run(n.root, head, n.train_flags("--loss", "subcenter_aam"))
     rows = [result_row(head, n.noise, "subcenter_aam head", n.root / head, r)]
     loss = saved_config(n.root / n.name).loss  # the retraining's head: the noisy run's
-    return rows + [sort_row(n.root, f"{head}-keep{range_name(k)}", head, n.noise, f"subcenter {range_name(k)}",
-                            [*n.flags, "--keep", f"{k[0]:g}", f"{k[1]:g}", "--sort-by", "subcenter", "--loss", loss],
-                            n.moved) for k in plan.keeps]
+    return rows + [row for k in plan.keeps for row in
+                   sort_rows(n.root, f"{head}-keep{range_name(k)}", head, n.noise, f"subcenter {range_name(k)}",
+                             [*n.flags, "--keep", f"{k[0]:g}", f"{k[1]:g}", "--sort-by", "subcenter", "--loss", loss],
+                             n.moved)]
 
 
 def filter_settings(plan: Plan, epochs: int) -> tuple[float, int]:
@@ -218,14 +248,13 @@ def intrain_rows(n: Noisy, plan: Plan) -> list[dict]:
 
 
 def oracle_rows(n: Noisy, mode: str) -> list[dict]:
-    return [sort_row(n.root, f"{n.name}-oracle-{mode}", n.name, n.noise, f"oracle-{mode}",
-                     [*n.flags, "--oracle", mode], n.moved)]
+    return sort_rows(n.root, f"{n.name}-oracle-{mode}", n.name, n.noise, f"oracle-{mode}",
+                     [*n.flags, "--oracle", mode], n.moved)
 
 
 METHOD_ROWS: dict[str, Callable[[Noisy, Plan], list[dict]]] = {
-    "drop": lambda n, plan: sorted_rows(n, plan, "drop"),
-    "relabel": lambda n, plan: sorted_rows(n, plan, "relabel"),
-    "auto": lambda n, plan: sorted_rows(n, plan, "auto"),
+    **{m: (lambda n, plan, m=m: sorted_rows(n, plan, m)) for m in ("drop", "relabel", "auto", "relabel-all",
+                                                                    "auto-all")},
     "subcenter": subcenter_rows,
     "intrain": intrain_rows,
     "oracle-drop": lambda n, plan: oracle_rows(n, "drop"),
@@ -344,6 +373,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds; each runs the whole experiment "
                         "in <root>/<corpus>/seed<s> with --seed s, and the table gives means over seeds")
     parser.add_argument("--root", type=Path, default=Path("exp/bench_sort"), help="experiments folder")
+    parser.add_argument("--rounds", type=int, default=1, help="train_sort's --rounds for drop, relabel and auto "
+                        "(a row per round; a later bench with more rounds reuses the earlier ones)")
     parser.add_argument("--filter-share", type=float, default=None, help="intrain: share left out per epoch "
                         "(default: the first range's flagged share)")
     parser.add_argument("--filter-warmup", type=int, default=None, help="intrain: epochs before filtering "
@@ -370,10 +401,12 @@ def check(args: argparse.Namespace, flags: list[str]) -> Plan:
         raise UserError("--methods intrain: this train.py has no --filter-share (in-training filtering)")
     if args.filter_share is not None and not 0 < args.filter_share < 1:
         raise UserError(f"--filter-share: must be in (0, 1), got {args.filter_share}")
+    if args.rounds < 1:
+        raise UserError(f"--rounds: must be >= 1, got {args.rounds}")
     if args.verdict_rounds < 1:
         raise UserError(f"--verdict-rounds: must be >= 1, got {args.verdict_rounds}")
     return Plan(args.noise, list(dict.fromkeys(args.methods)), [parse_keep(k) for k in args.keep],
-                args.filter_share, args.filter_warmup)
+                args.filter_share, args.filter_warmup, args.rounds)
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -1,6 +1,7 @@
 """bench.bench_sort on fake results: which runs each method trains (and with which flags), the table, the pooled
 verdicts from score files, and its one-line errors. Nothing is trained."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -72,12 +73,12 @@ def test_each_method_trains_the_runs_it_names(tmp_path, monkeypatch):
         trained.append((name, flags))
         return {"eer": 0.05, "min_dcf": {"0.01": 0.5}}
 
-    def sort_row(root, name, source, noise, method, flags, moved):
+    def sort_rows(root, name, source, noise, method, flags, moved, rounds=1):
         sorted_.append((name, source, flags))
-        return row(name, noise, method, 0.05)
+        return [row(name, noise, method, 0.05)]
 
     monkeypatch.setattr(bench, "train_run", train_run)
-    monkeypatch.setattr(bench, "sort_row", sort_row)
+    monkeypatch.setattr(bench, "sort_rows", sort_rows)
     monkeypatch.setattr(bench, "saved_config", lambda run: build_config({"epochs": 3, "loss": "am"}))
     monkeypatch.setattr(bench, "read_train_list", lambda run: [])
     monkeypatch.setattr(train_sort, "read_label_noise", lambda run, utts: {})
@@ -92,16 +93,51 @@ def test_each_method_trains_the_runs_it_names(tmp_path, monkeypatch):
     names = {name: (source, flags) for name, source, flags in sorted_}
     assert list(names) == ["noisy-0.1-keep0-80", "noisy-0.1-keep0-90", "noisy-0.1-keep0-80-relabel",
                            "noisy-0.1-keep0-90-relabel", "noisy-0.1-keep0-80-auto", "noisy-0.1-keep0-90-auto",
+                           "noisy-0.1-keep0-80-relabel-all", "noisy-0.1-keep0-90-relabel-all",
+                           "noisy-0.1-keep0-80-auto-all", "noisy-0.1-keep0-90-auto-all",
                            "noisy-0.1-subcenter-keep0-80", "noisy-0.1-subcenter-keep0-90",
                            "noisy-0.1-oracle-drop", "noisy-0.1-oracle-relabel"]
     assert names["noisy-0.1-keep0-90-auto"] == ("noisy-0.1", ["--epochs", "3", "--seed", "1", "--keep", "0", "90",
                                                               "--action", "auto"])
+    assert names["noisy-0.1-keep0-80-auto-all"][1][-4:] == ["--action", "auto", "--relabel-from", "all"]
     assert names["noisy-0.1-subcenter-keep0-80"][0] == "noisy-0.1-subcenter"
     assert names["noisy-0.1-subcenter-keep0-80"][1][-4:] == ["--sort-by", "subcenter", "--loss", "am"]
     assert names["noisy-0.1-oracle-relabel"][1][-2:] == ["--oracle", "relabel"]
-    assert [r["method"] for r in rows][:2] == ["clean", "noisy"] and len(rows) == 2 + 2 * 3 + 3 + 1 + 2
+    assert [r["method"] for r in rows][:2] == ["clean", "noisy"] and len(rows) == 2 + 2 * 5 + 3 + 1 + 2
     intrain = next(r for r in rows if r["id"] == "noisy-0.1-intrain")
     assert intrain["method"] == "intrain 0.2 after 3" and (intrain["removed"], intrain["recall"]) == (30, 0.4)
+
+
+def test_rounds_give_a_row_each_resume_the_earlier_rounds_and_repeat_a_stopped_one(tmp_path, monkeypatch):
+    """--rounds: train_sort is called with --rounds (and --resume when the folder holds earlier rounds); a row
+    per round; a round that stopped (list unchanged) repeats the model, and row, of the round before it."""
+    calls = []
+
+    def report(folder, k, retrained=True):
+        out = folder / f"round{k}"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps({"retrained": retrained, "removed": 3 * k, "precision": 0.5,
+                                                     "recall": 0.5}))
+        if retrained:
+            (out / "results.json").write_text(json.dumps({"results": [{"eer": 0.05 / k, "min_dcf": {"0.01": 0.5}}]}))
+
+    def fake_train_sort(argv):
+        calls.append(argv)
+        folder = Path(argv[argv.index("--exp-dir") + 1]) / argv[argv.index("--name") + 1]
+        report(folder, 2, retrained=folder.name != "stops")
+    monkeypatch.setattr(train_sort, "main", fake_train_sort)
+    monkeypatch.setattr(bench, "score_auc", lambda run, moved: 0.9)
+    for name in ("goes-on", "stops"):
+        report(tmp_path / name, 1)  # an earlier bench's single round
+        rows = bench.sort_rows(tmp_path, name, "noisy-0.2", 0.2, "auto 0-80", ["--seed", "0"], set(), rounds=2)
+        assert "--resume" in calls[-1] and calls[-1][calls[-1].index("--rounds") + 1] == "2"
+        assert [r["id"] for r in rows] == [name, f"{name}/round2"]
+        assert [r["method"] for r in rows] == ["auto 0-80", "auto 0-80 round 2"]
+        assert rows[0]["eer"] == 0.05 and rows[1]["eer"] == (0.025 if name == "goes-on" else 0.05)
+    n = len(calls)
+    bench.sort_rows(tmp_path, "goes-on", "noisy-0.2", 0.2, "auto 0-80", [], set(), rounds=2)
+    bench.sort_rows(tmp_path, "stops", "noisy-0.2", 0.2, "auto 0-80", [], set(), rounds=3)
+    assert len(calls) == n  # all there, or stopped: nothing to run
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -111,6 +147,7 @@ def test_each_method_trains_the_runs_it_names(tmp_path, monkeypatch):
     (["--", "--seed", "3"], "--seed: set by bench_sort for each run"),
     (["--", "--lr", "x"], "lr: cannot use 'x'"),
     (["--filter-share", "1.5"], "--filter-share: must be in (0, 1)"),
+    (["--rounds", "0"], "--rounds: must be >= 1"),
 ])
 def test_bad_command_lines_fail_before_any_run(argv, message, tmp_path):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):

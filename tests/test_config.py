@@ -63,7 +63,8 @@ def test_saved_config_round_trips(tmp_path):
 @pytest.mark.parametrize("script, argv, message", [
     ("train.py", ["--calibrate", "x.txt"], "--calibrate: train.py does not use calibrate (a setting of inference.py)"),
     ("train.py", ["--keep", "0", "90"], "--keep: train.py does not use keep (a setting of train_sort.py)"),
-    ("train_sort.py", ["--no-resume"], "--no-resume: train_sort.py does not use resume (a setting of train.py)"),
+    ("train_sort.py", ["--calibrate", "x.txt"], "--calibrate: train_sort.py does not use calibrate (a setting of "
+                                                "inference.py)"),
     ("inference.py", ["--epochs", "3"], "--epochs: inference.py does not use epochs (a setting of train.py, "
                                         "train_sort.py)"),
     ("inference.py", ["--lerning-rate", "1"], "unknown flag '--lerning-rate'"),

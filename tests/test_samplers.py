@@ -78,3 +78,21 @@ def test_start_batch_resumes_an_epoch_at_the_same_batches(make):
         assert list(sampler) == whole[2:] and len(sampler) == len(whole) > 2
         sampler.set_epoch(3)
         assert list(sampler) == whole
+
+
+def test_padding_may_repeat_an_utterance_on_two_ranks_but_never_a_draw():
+    """train.check_disjoint_shards compares (utterance, crop seed) draws: the balanced sampler's padding puts
+    one utterance on both ranks with other crop seeds (allowed); one shard twice is caught."""
+    from train import repeated_draws, sampler_draws
+
+    speaker_of_item = np.repeat(np.arange(8), 3)  # 3 utterances, groups of 2: each speaker pads one repeat
+    found = False
+    for seed in range(20):
+        ranks = [BalancedSampler(speaker_of_item, 4, 2, seed=seed, rank=r, world_size=2) for r in range(2)]
+        draws = [sampler_draws(r) for r in ranks]
+        assert draws[0].shape == (len(ranks[0]) * 4, 2) and repeated_draws(draws) == 0
+        found |= bool(set(draws[0][:, 0].tolist()) & set(draws[1][:, 0].tolist()))
+        assert repeated_draws([draws[0], draws[0]]) == len(draws[0])
+    assert found  # the case the earlier item-count check refused
+    epoch = [sampler_draws(EpochSampler(40, 4, seed=1, rank=r, world_size=2)) for r in range(2)]
+    assert repeated_draws(epoch) == 0 and repeated_draws([epoch[0], epoch[0][:3]]) == 3

@@ -146,6 +146,8 @@ def test_new_labels_drop_relabel_auto():
     assert new_labels(UTTS, "abc", kept, targets, "drop") == ["a", None, None, None]
     assert new_labels(UTTS, "abc", kept, targets, "relabel") == ["a", "c", "b", "a"]
     assert new_labels(UTTS, "abc", kept, targets, "auto") == ["a", "c", None, "a"]
+    everywhere = {0: 1, **targets}  # --relabel-from all: a kept utterance with a target moves too
+    assert new_labels(UTTS, "abc", kept, everywhere, "auto") == ["b", "c", None, "a"]
 
 
 def test_oracle_labels_and_retraining_list():
@@ -223,6 +225,8 @@ def test_read_label_noise_must_match_the_run(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     ({"oracle": "drop", "keep": [0, 80]}, "--keep: --oracle ignores the scores"),
     ({"relabel_margin": 0.2}, "--relabel-margin: --action drop relabels nothing"),
+    ({"relabel_from": "all"}, "--relabel-from: --action drop relabels nothing"),
+    ({"oracle": "drop", "relabel_from": "all"}, "--relabel-from: --oracle ignores the scores"),
     ({"keep": [50, 50]}, "keeps nothing"),
 ])
 def test_command_line_checks(overrides, message):
@@ -290,9 +294,9 @@ def plant_noise(run: Path, dst: Path) -> list[MovedLabel]:
 
 def test_train_sort_auto_end_to_end(trained_run, tmp_path, capsys):
     plant_noise(trained_run, tmp_path / "noisy")
-    [report] = train_sort.main(["--from", str(tmp_path / "noisy"), "--exp-dir", str(tmp_path), "--keep", "0", "50",
-                                "--action", "auto", "--relabel-margin", "0", "--epochs", "1", "--threads", "1",
-                                "--val-trials", "", "--bootstrap", "0"])
+    argv = ["--from", str(tmp_path / "noisy"), "--exp-dir", str(tmp_path), "--keep", "0", "50", "--action", "auto",
+            "--relabel-margin", "0", "--epochs", "1", "--threads", "1", "--val-trials", "", "--bootstrap", "0"]
+    [report] = train_sort.main(argv)
     assert report["moved"] == 4 and report["total"] == 36 and report["retrained"]
     assert report["removed"] + report["relabelled"] == report["flagged"] > 0  # auto: each flagged one moves or goes
     assert report["relabelled_to_true"] <= report["relabelled_moved"] <= min(report["relabelled"], 4)
@@ -307,3 +311,18 @@ def test_train_sort_auto_end_to_end(trained_run, tmp_path, capsys):
     assert same(json.loads((out / "report.json").read_text()), report)
     assert "to their true speaker" in capsys.readouterr().out
     assert "0-50 (centroid, auto, round 1)" in (tmp_path / "results.md").read_text()
+
+    # the same command again: refused without --resume; with it, the finished round is reused, not retrained
+    with pytest.raises(UserError, match="round1: holds an earlier round; pass --resume"):
+        train_sort.main(argv)
+    mtime = (out / "results.json").stat().st_mtime_ns
+    [again] = train_sort.main([*argv, "--resume"])
+    assert same(again, report) and (out / "results.json").stat().st_mtime_ns == mtime
+    # a round killed after its training, before its report: --resume finishes it from its checkpoint
+    (out / "report.json").unlink()
+    (out / "results.json").unlink()
+    [finished] = train_sort.main([*argv, "--resume"])
+    assert same(finished, report) and (out / "results.json").is_file()
+    # another selection in the same folder is not a resume
+    with pytest.raises(UserError, match="round1: trained on another list than round 1 of this command selects"):
+        train_sort.main([*argv[:argv.index("--action")], "--name", out.parent.name, "--resume"])
