@@ -333,8 +333,8 @@ def table(per_seed: list[list[dict]], verdicts: dict[str, str]) -> str:
     for row in per_seed[0]:
         m = mean[row["id"]]
 
-        def cell(key: str, digits: int, m: dict = m) -> str:
-            return f"{m[key]:.{digits}f}" if key in m else ""
+        def cell(key: str, digits: int, m: dict = m) -> str:  # "-": undefined (precision of no removals)
+            return ("-" if np.isnan(m[key]) else f"{m[key]:.{digits}f}") if key in m else ""
 
         eer = f"{100 * m['eer']:.2f}" + (f" ({min(m['eers']):.2f}-{max(m['eers']):.2f})" if many else "")
         relabelled = f"{cell('relabelled', 0)} ({cell('to_true', 0)})" if "relabelled" in m else ""
