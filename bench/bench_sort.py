@@ -347,7 +347,9 @@ def table(per_seed: list[list[dict]], verdicts: dict[str, str]) -> str:
 
 def notes(plan: Plan, corpus: str, rounds: int) -> str:
     text = (f"\nCorpus: {corpus}. Methods: drop / relabel / auto = train_sort.py --action, centroid scores, the "
-            "kept range after the name; subcenter = the noisy list ranked by a --loss subcenter_aam run's dominant "
+            "kept range after the name (-all: --relabel-from all; round k: the k-th round's retrained model); "
+            "precision and recall: of the removed utterances against the moved ones ('-': none removed); "
+            "subcenter = the noisy list ranked by a --loss subcenter_aam run's dominant "
             "sub-centres, retrained with the noisy run's loss (`subcenter_aam head`: that run itself, no "
             "cleaning); oracle = the moved utterances dropped or given back their true speaker. Verdict: the row "
             f"(A) against its noise level's noisy run (B), speakers and seeds resampled ({rounds} replicates); "
