@@ -100,11 +100,11 @@ class Config:
     dither: float = 1.0  # Gaussian dither in int16 sample units, training only (Kaldi's default amplitude)
     cmn: bool = True  # subtract each utterance's mean over time
     spec_augment: bool = True  # SpecAugment masks, training only
-    freq_masks: int = 2  # frequency masks per utterance
+    freq_masks: int = 1  # frequency masks per utterance (the recipe the project descends from: 2)
     freq_mask_width: int = 8  # maximum width of one frequency mask, in mel bins
-    time_masks: int = 2  # time masks per utterance
+    time_masks: int = 1  # time masks per utterance (the recipe: 2)
     time_mask_width: int = 10  # maximum width of one time mask, in frames
-    spec_augment_prob: float = 1.0  # probability that a training crop is masked at all (wespeaker: 0.6)
+    spec_augment_prob: float = 0.6  # probability that a training crop is masked at all (wespeaker's; the recipe: 1)
 
     # --- model and head ---------------------------------------------------------------------------------
     model: str = "ecapa_tdnn"  # a key of models.MODELS

@@ -6,13 +6,16 @@ import yaml
 from config import Config, ConfigError, build_config, parse_args, parse_config, save_config
 
 
-def test_defaults_are_the_recipe_with_the_measured_lr():
+def test_defaults_are_the_recipe_with_the_measured_lr_and_spec_augment():
     cfg = Config()
     assert (cfg.model, cfg.optimizer, cfg.lr, cfg.lr_decay, cfg.batch_size) == ("ecapa_tdnn", "adam", 0.001, 0.97, 64)
     assert (cfg.loss, cfg.scale, cfg.margin, cfg.spec_augment) == ("aam", 30.0, 0.2, True)
+    assert (cfg.freq_masks, cfg.time_masks, cfg.spec_augment_prob) == (1, 1, 0.6)
     descent = parse_config(["--config", "recipes/descent.yaml"], "test")  # the recipe as it was: one file away
-    assert descent.lr == 0.0005 and {k: v for k, v in vars(descent).items() if k != "lr"} == {
-        k: v for k, v in vars(cfg).items() if k != "lr"}
+    changed = {"lr": 0.0005, "freq_masks": 2, "time_masks": 2, "spec_augment_prob": 1.0}
+    assert {k: getattr(descent, k) for k in changed} == changed
+    assert {k: v for k, v in vars(descent).items() if k not in changed} == {
+        k: v for k, v in vars(cfg).items() if k not in changed}
 
 
 def test_precedence_defaults_file_flags(tmp_path):
