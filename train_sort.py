@@ -363,6 +363,7 @@ class Selection:
     labels: list[str | None]  # each source utterance's label in the retraining list; None = dropped
     flagged: int  # utterances outside the kept range (the oracle: the moved ones)
     extra: dict[str, int] = field(default_factory=dict)  # subcenter: the suspects, and the moved among them
+    scores: np.ndarray | None = None  # (N,) each source utterance's score; NaN under the oracle
 
 
 def embed(trained: Trained, utts: Sequence[Utterance], cfg: Config) -> np.ndarray:
@@ -375,12 +376,10 @@ def embed(trained: Trained, utts: Sequence[Utterance], cfg: Config) -> np.ndarra
 
 
 def select(trained: Trained, utts: list[Utterance], rows: np.ndarray, cfg: Config,
-           noise: dict[str, MovedLabel], out: Path) -> Selection:
-    """This round's labels (module docstring); writes out/utterance_scores.tsv."""
+           noise: dict[str, MovedLabel]) -> Selection:
+    """This round's labels and scores (module docstring)."""
     if cfg.oracle:
-        labels = oracle_labels(utts, noise, cfg.oracle)
-        write_scores(out, utts, np.full(len(utts), np.nan), labels)
-        return Selection(labels, len(noise))
+        return Selection(oracle_labels(utts, noise, cfg.oracle), len(noise), scores=np.full(len(utts), np.nan))
     speakers = speakers_of(utts)
     index = {s: i for i, s in enumerate(speakers)}
     ids = np.array([index[u.speaker] for u in utts])  # (N,)
@@ -392,20 +391,19 @@ def select(trained: Trained, utts: list[Utterance], rows: np.ndarray, cfg: Confi
     targets = ({} if cfg.action == "drop" else
                relabel_targets(embeddings, ids, scores.own, scores.centres, candidates, cfg.relabel_margin))
     labels = new_labels(utts, speakers, kept, targets, cfg.action)
-    write_scores(out, utts, scores.score, labels)
     extra = {}
     if scores.suspects is not None:
         extra = {"non_dominant": int(scores.suspects.sum()),
                  "non_dominant_moved": sum(u.key in noise for u, s in zip(utts, scores.suspects) if s)}
-    return Selection(labels, len(flagged), extra)
+    return Selection(labels, len(flagged), extra, scores.score)
 
 
-def write_scores(out: Path, utts: Sequence[Utterance], scores: np.ndarray, labels: Sequence[str | None]) -> None:
+def write_scores(out: Path, utts: Sequence[Utterance], chosen: Selection) -> None:
     """utterance_scores.tsv: key, labelled speaker, score, kept (1 = in the retraining list), and the label it
     is retrained under ('-' when dropped). Under torchrun every rank holds every score; rank 0 writes them."""
     if current().main:
         lines = [f"{u.key}\t{u.speaker}\t{s:.6f}\t{int(label is not None)}\t{label or '-'}\n"
-                 for u, s, label in zip(utts, scores, labels)]
+                 for u, s, label in zip(utts, chosen.scores, chosen.labels)]
         atomic_write_text(out / "utterance_scores.tsv", "key\tspeaker\tscore\tkept\tlabel\n" + "".join(lines))
 
 
@@ -499,7 +497,8 @@ def retrain(cfg: Config, r: Round, chosen: Selection, utts: list[Utterance], noi
     summary = selection_summary(utts, chosen, None if cfg.oracle else low + 100 - high)
     log.info("round %d: %s", r.number, summary)
     retraining = retraining_list(utts, chosen.labels)
-    state = earlier_round(cfg, r, retraining)
+    state = earlier_round(cfg, r, retraining)  # before anything is written into the round's folder
+    write_scores(r.out, utts, chosen)
     if state == "finished":
         log.info("round %d: finished by an earlier run of this command, reused (%s)", r.number, r.out)
         return json.loads(read_text(r.out / "report.json")), load_trained(find_checkpoint(str(r.out), cfg.exp_dir))
@@ -524,11 +523,12 @@ def run_rounds(cfg: Config, root: Path, trained: Trained, utts: list[Utterance],
     previous = None
     for k in range(1, cfg.rounds + 1):
         r = Round(k, root, method_text(cfg))
-        chosen = select(trained, utts, rows, cfg, noise, r.out)
+        chosen = select(trained, utts, rows, cfg, noise)
         if chosen.labels == previous:
             log.info("round %d: kept list unchanged, stopping", k)
             report = {**round_figures(r, chosen, utts, noise, cfg), "retrained": False,
                       "stopped": f"the list and labels of round {k - 1} again: not retrained, rounds ended"}
+            write_scores(r.out, utts, chosen)
             if current().main:
                 atomic_write_text(r.out / "report.json", json.dumps(report, indent=2))
             reports.append(report)

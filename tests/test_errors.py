@@ -200,6 +200,18 @@ def _sort_source(i: Inputs, checkpoint: bool = True, rename: str = "") -> Path:
     return src
 
 
+def _earlier_round(i: Inputs) -> Path:
+    """A source, and round 1 of its `--keep 0 80` folder as an earlier run left it: an epoch checkpoint, its
+    scores and a training list that this command's round 1 does not select (one utterance)."""
+    src = _sort_source(i)
+    round1 = src.parent / "exp/src-keep0-80-centroid/round1"
+    (round1 / "checkpoints").mkdir(parents=True)
+    shutil.copy(i.model, round1 / "checkpoints/epoch_0001.pt")
+    (round1 / "utterance_scores.tsv").write_text("key\tspeaker\tscore\tkept\tlabel\n")
+    save_index(load_index(i.corpus / "train/wav", RATE)[:1], round1 / "train_list.jsonl")
+    return src
+
+
 def _sort(src: Path, *extra: str) -> list[str]:
     return ["train_sort.py", "--from", str(src), "--exp-dir", str(src.parent / "exp"), "--threads", "1", *extra]
 
@@ -273,6 +285,14 @@ CASES = [
     Case("train_sort: --sort-by subcenter, a source trained with aam",
          lambda i: _sort(_sort_source(i), "--sort-by", "subcenter"),
          "--sort-by subcenter: {tmp}/src was trained with --loss aam; sub-centres need"),
+    Case("train_sort: --relabel-from all with --action drop", lambda i: _sort(_sort_source(i), "--relabel-from", "all"),
+         "--relabel-from: --action drop relabels nothing; use --action relabel or auto"),
+    Case("train_sort: a round folder holding an earlier run, no --resume",
+         lambda i: _sort(_earlier_round(i), "--keep", "0", "80"),
+         "{tmp}/exp/src-keep0-80-centroid/round1: holds an earlier round; pass --resume"),
+    Case("train_sort: --resume over a round trained on another list",
+         lambda i: _sort(_earlier_round(i), "--keep", "0", "80", "--resume"),
+         "round1: trained on another list than round 1 of this command selects"),
     Case("train_sort: a checkpoint trained on another speaker list",
          lambda i: _sort(_sort_source(i, rename="id00000")),
          "best.pt: its speaker list (6 classes) differs from {tmp}/src/train_list.jsonl's (6; first difference"),

@@ -264,7 +264,7 @@ def test_rounds_stop_when_the_list_is_unchanged(tmp_path, monkeypatch):
         retrained.append(r.number)
         return {"round": r.number, "eer_after": eer_before / 2, "retrained": True}, f"model{r.number}"
 
-    monkeypatch.setattr(train_sort, "select", lambda *args: Selection(next(chosen), 1))
+    monkeypatch.setattr(train_sort, "select", lambda *args: Selection(next(chosen), 1, scores=np.zeros(4)))
     monkeypatch.setattr(train_sort, "retrain", retrain)
     reports = train_sort.run_rounds(build_config({"rounds": 4}), tmp_path, "model0", UTTS, None, {}, 0.1)
     assert retrained == [1, 2] and [r["round"] for r in reports] == [1, 2, 3]
