@@ -490,6 +490,7 @@ class EpochStats:
     accuracy: float
     steps: int
     margin: float  # at the epoch's last step
+    lr: float  # at the epoch's last step (under a warm-up the first step's is 0)
 
 
 def train_epoch(t: Trainer, epoch: int, run: Path, classes: Sequence[str]) -> EpochStats:
@@ -525,7 +526,8 @@ def train_epoch(t: Trainer, epoch: int, run: Path, classes: Sequence[str]) -> Ep
     totals = all_mean(totals, t.d)
     seen = max(totals[2].item(), 1)
     steps = int(round(totals[2].item())) // (t.cfg.batch_size * t.cfg.accumulate)
-    return EpochStats(totals[0].item() / seen, totals[1].item() / seen, steps, margin)
+    lr = learning_rate(t.cfg, epoch, max(usable - t.cfg.accumulate, 0) / batches)  # optimizer_step's last
+    return EpochStats(totals[0].item() / seen, totals[1].item() / seen, steps, margin, lr)
 
 
 def forward_backward(t: Trainer, wave: torch.Tensor, labels: torch.Tensor, epoch: int, i: int, margin: float,
@@ -710,7 +712,7 @@ def run_epoch(t: Trainer, epoch: int, run: Path, data: TrainingData) -> None:
     if not all(torch.isfinite(p).all() for p in t.trainee.parameters()):
         raise UserError(f"epoch {epoch + 1}: the weights became NaN or infinite (loss {stats.loss:.4g}): the "
                         f"training diverged; --resume from the last checkpoint with a lower --lr or a --grad-clip")
-    row = {"epoch": epoch + 1, "steps": stats.steps, "lr": f"{learning_rate(t.cfg, epoch, 0):.6g}",
+    row = {"epoch": epoch + 1, "steps": stats.steps, "lr": f"{stats.lr:.6g}",
            "margin": f"{stats.margin:.4f}", "loss": f"{stats.loss:.4f}", "accuracy": f"{stats.accuracy:.4f}",
            "val_eer": "", "val_min_dcf": "", **filtered}
     if data.val_lists:

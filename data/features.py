@@ -233,20 +233,26 @@ def _log_mel(
 ) -> Tensor:
     """(B, N) float wave in [-1, 1] -> (B, T, F) float32 log-mel, Kaldi's steps in Kaldi's order."""
     with torch.autocast(device_type=wave.device.type, enabled=False):
-        frames = _frames(wave.float() * INT16_SCALE, opts)  # (B, T, L), int16 units
+        frames = _frames(wave.float() * INT16_SCALE, opts)  # (B, T, L) view, int16 units
+        # Every step below writes into one (B, T, L) buffer of its own (the front end's cost is these passes
+        # over B * T * L floats), with Kaldi's roundings: the values are those of the step-by-step formulas.
         if dither > 0:
             noise = torch.randn(frames.shape, generator=generator, device=frames.device, dtype=frames.dtype)
-            frames = torch.add(frames, noise, alpha=dither)  # one pass, not dither * noise then a sum
+            frames = torch.add(frames, noise, alpha=dither, out=noise)  # one rounding: x + dither * n
+        else:
+            frames = frames.contiguous()  # a copy: the view shares samples between frames
         if opts.remove_dc_offset:
-            frames = frames - frames.mean(dim=-1, keepdim=True)
+            frames.sub_(frames.mean(dim=-1, keepdim=True))
         if opts.preemphasis != 0:
-            previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)  # x[-1] := x[0]
-            frames = frames - opts.preemphasis * previous  # two roundings, as Kaldi's (not one fused a - k b)
-        frames = frames * window.float()  # (B, T, L)
-        spectrum = torch.fft.rfft(frames, n=opts.padded_window_size)  # (B, T, K), zero-padded
+            previous = frames[..., :-1] * opts.preemphasis  # (B, T, L - 1), before any sample changes
+            frames[..., 1:].sub_(previous)  # x[i] - k x[i-1]: two roundings, as Kaldi's (not one fused a - k b)
+            frames[..., :1].sub_(frames[..., :1] * opts.preemphasis)  # x[0] - k x[0]
+        frames.mul_(window.float())  # (B, T, L)
+        spectrum = torch.fft.rfft(frames, n=opts.padded_window_size)  # (B, T, K) complex, zero-padded
         # re^2 + im^2, as Kaldi's ComputePowerSpectrum: ~6x faster than abs().square() (no hypot, no sqrt)
-        power = spectrum.real.square() + spectrum.imag.square()  # (B, T, K)
-        return torch.matmul(power, mel.float()).clamp_min(FLOAT_EPSILON).log()  # (B, T, F)
+        parts = torch.view_as_real(spectrum).square_()  # (B, T, K, 2), in the spectrum's own buffer
+        power = torch.add(parts[..., 0], parts[..., 1])  # (B, T, K)
+        return torch.matmul(power, mel.float()).clamp_min_(FLOAT_EPSILON).log_()  # (B, T, F)
 
 
 def _check_wave(wave: Tensor, dims: tuple[int, ...]) -> None:
@@ -364,7 +370,7 @@ class FrontEnd(nn.Module):
         dither = self.dither if self.training else 0.0
         feats = _log_mel(wave, self.opts, self.window, self.mel, dither, generator)  # (B, T, F) float32
         if self.cmn:
-            feats = feats - feats.mean(dim=1, keepdim=True)
+            feats.sub_(feats.mean(dim=1, keepdim=True))  # feats is _log_mel's own buffer
         if self.spec_augment is not None and self.training:
             feats = self.spec_augment(feats, generator)
         return feats

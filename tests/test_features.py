@@ -1,5 +1,6 @@
 """The front end: Kaldi fbank against the reference fixture, framing, dither, CMN, SpecAugment, autocast."""
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -150,6 +151,28 @@ def test_dither_only_in_training():
     assert not torch.equal(b, front(wave, generator=torch.Generator().manual_seed(1)))
     silence = front(torch.zeros(1, 8000), generator=torch.Generator().manual_seed(0))
     assert silence.min() > np.log(np.finfo(np.float32).eps)  # dither lifts digital silence off the floor
+
+
+def test_frontend_writes_only_its_own_buffers():
+    """The in-place passes of _log_mel: the caller's wave is untouched, and the dithered features are the
+    step-by-step out-of-place formulas' (same noise) bit for bit."""
+    wave = speech_like(2, 8000)
+    kept = wave.clone()
+    opts = FbankOptions()
+    for snip in (True, False):
+        front = FrontEnd(dataclasses.replace(opts, snip_edges=snip), dither=1.0, cmn=True, spec_augment=None)
+        front.eval()(wave)
+        front.train()(wave, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(wave, kept)
+    frames = (wave * 32768.0).unfold(-1, opts.frame_length, opts.frame_shift)  # (B, T, L)
+    frames = torch.add(frames, torch.randn(frames.shape, generator=torch.Generator().manual_seed(0)), alpha=1.0)
+    frames = frames - frames.mean(dim=-1, keepdim=True)
+    frames = frames - opts.preemphasis * torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
+    spectrum = torch.fft.rfft(frames * kaldi_window(opts), n=opts.padded_window_size)
+    power = spectrum.real.square() + spectrum.imag.square()
+    expected = torch.matmul(power, mel_matrix(opts)).clamp_min(np.finfo(np.float32).eps).log()
+    front = FrontEnd(opts, dither=1.0, cmn=False, spec_augment=None).train()
+    assert torch.equal(front(wave, generator=torch.Generator().manual_seed(0)), expected)
 
 
 def test_cmn_zero_mean_over_time():

@@ -1,0 +1,112 @@
+"""How well train_sort's relabelling rule repairs the labels, before any retraining: labels left wrong per margin.
+
+    python -m bench.bench_relabel --corpus demo harmonic --seeds 0 1 2       # after bench_sort's noisy-0.2 runs
+    python -m bench.bench_relabel --corpus harmonic --noise 0.1 --margins 0.05 0.1 0.2
+
+For each noisy run of bench/bench_sort.py (<root>/<corpus>/seed<s>/noisy-<n>, its moved utterances known from
+label_noise.txt), the training utterances are embedded with its best checkpoint exactly as train_sort.py does
+(train_sort.embed, through the run's embedding cache: the bench retrains nothing and takes seconds once
+bench_sort has run), and train_sort's own rule (train_sort.relabel_targets on centroid scores) is applied at
+each --margins value, to the flagged utterances (--relabel-from flagged: outside the --keep range, 0-80 as in
+bench_sort) and to all of them (--relabel-from all). A last row per source applies the all-rule at the default
+margin three times, each pass to the previous one's labels (centres recomputed, no retraining): whether
+iterating the rule repairs more.
+
+Columns (mean over the seeds, min-max in brackets): utterances relabelled, those relabelled to their true
+speaker, and the labels still wrong after relabelling (moved ones missed or sent to a third speaker, plus clean
+ones moved away); "noisy" is the wrong labels before. The moved list is used only to count, never to decide:
+this bench says whether the default margin (config relabel_margin) is near the best a rule of this form can do on
+a corpus, not a margin to pick per corpus from the answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from config import Config
+from evaluation import read_train_list
+from runs import Trained, load_trained
+from train_sort import class_rows, kept_mask, read_label_noise, relabel_targets, source_checkpoint, utterance_scores
+from train_sort import embed as embed_training_list
+from utils import UserError, run_main
+
+DEFAULT_MARGIN = Config().relabel_margin  # config relabel_margin: the margin of the rule applied 3 times
+MIN_KEEP = Config().min_keep  # train_sort's default: each speaker's most typical ones are never flagged
+
+def relabel_once(embeddings: np.ndarray, labels: np.ndarray, margin: float, keep: tuple[float, float] | None,
+                 trained: Trained, rows: np.ndarray) -> np.ndarray:
+    """train_sort's centroid relabelling of `labels` (N,) at `margin`, of the utterances outside the `keep`
+    range (--relabel-from flagged) or of all (keep None): the new labels (N,)."""
+    scores = utterance_scores(trained, "centroid", embeddings, labels, rows)
+    candidates = (np.flatnonzero(~kept_mask(scores.score, labels, keep, MIN_KEEP)) if keep is not None
+                  else np.arange(len(labels)))
+    out = labels.copy()
+    for i, speaker in relabel_targets(embeddings, labels, scores.own, scores.centres, candidates, margin).items():
+        out[i] = speaker
+    return out
+
+
+def source_rows(run: Path, margins: list[float], keep: tuple[float, float]) -> list[tuple[str, int, int, int]]:
+    """(rule, relabelled, relabelled to the true speaker, labels wrong after) per rule, for one noisy run."""
+    trained = load_trained(source_checkpoint(run, str(run.parent)))
+    utts = read_train_list(run)
+    rows = class_rows(trained, utts, run)
+    noise = read_label_noise(run, utts)
+    if not noise:
+        raise UserError(f"{run}: no label_noise.txt; this bench needs a run trained with --label-noise")
+    speakers = sorted({u.speaker for u in utts})
+    index = {s: i for i, s in enumerate(speakers)}
+    noisy = np.array([index[u.speaker] for u in utts])
+    true = np.array([index[noise[u.key].true_speaker] if u.key in noise else index[u.speaker] for u in utts])
+    embeddings = embed_training_list(trained, utts, trained.cfg)  # from the run's cache
+
+    def counts(rule: str, labels: np.ndarray) -> tuple[str, int, int, int]:
+        moved = labels != noisy
+        return rule, int(moved.sum()), int((moved & (labels == true)).sum()), int((labels != true).sum())
+
+    out = [counts("noisy", noisy)]
+    for margin in margins:
+        for flagged in (keep, None):
+            rule = f"margin {margin:g}, from {'flagged' if flagged else 'all'}"
+            out.append(counts(rule, relabel_once(embeddings, noisy, margin, flagged, trained, rows)))
+    labels = noisy
+    for _ in range(3):  # centres recomputed from the previous pass's labels, no retraining
+        labels = relabel_once(embeddings, labels, DEFAULT_MARGIN, None, trained, rows)
+    out.append(counts(f"margin {DEFAULT_MARGIN:g}, from all, applied 3 times", labels))
+    return out
+
+
+def cell(values: list[int]) -> str:
+    return f"{np.mean(values):.0f} ({min(values)}-{max(values)})" if len(values) > 1 else str(values[0])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", nargs="+", default=["demo", "harmonic"], choices=["demo", "harmonic"])
+    parser.add_argument("--noise", type=float, default=0.2, help="the noisy-<n> runs' label noise")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.15, 0.2, 0.3])
+    parser.add_argument("--keep", type=float, nargs=2, default=[0.0, 80.0],
+                        help="the range whose outside is flagged (bench_sort's relabel rows: 0 80)")
+    parser.add_argument("--root", default="exp/bench_sort", help="bench_sort's --root")
+    args = parser.parse_args(argv)
+    runs = {c: [Path(args.root) / c / f"seed{s}" / f"noisy-{args.noise:g}" for s in args.seeds] for c in args.corpus}
+    for run in (r for rs in runs.values() for r in rs):
+        if not (run / "train_list.jsonl").is_file():
+            raise UserError(f"{run}: no such run; bench_sort makes it (python -m bench.bench_sort --corpus ... "
+                            f"--noise ... --seeds ...)")
+    print("| corpus | seeds | rule | relabelled | to the true speaker | labels still wrong |")
+    print("|---|---|---|---|---|---|")
+    for corpus, sources in runs.items():
+        per_seed = [source_rows(run, args.margins, tuple(args.keep)) for run in sources]
+        for i, (rule, *_) in enumerate(per_seed[0]):
+            columns = [cell([rows[i][k] for rows in per_seed]) for k in (1, 2, 3)]
+            print(f"| {corpus} | {' '.join(map(str, args.seeds))} | {rule} | " + " | ".join(columns) + " |")
+        sys.stdout.flush()
+
+if __name__ == "__main__":
+    run_main(main)
