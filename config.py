@@ -189,6 +189,9 @@ class Config:
     # 0.1, not 0: an utterance about as near two centres is a coin toss (untuned; bench.bench_sort measures)
     relabel_from: str = "flagged"  # which utterances relabel and auto may move: flagged (those outside the kept
     # range) | all (any utterance clearly nearer another speaker's centre, inside the range too)
+    score_average: int = 0  # rank with the weight average of the source's last N epoch checkpoints (its
+    # checkpoints/avg_last_N.pt, as --average-last writes it; needs that many kept) instead of its best.pt; each
+    # later round averages the previous round's. 0 = best.pt (bench.bench_relabel: fewer wrong relabels with 3)
     oracle: str = ""  # "" = off | drop | relabel: ignore the scores; drop exactly the moved utterances of the
     # source's label_noise.txt, or give them back their true speaker (what a perfect detector would give)
 
@@ -206,7 +209,8 @@ EVAL_KEYS = ("test_data", "test_trials", "eval_batch_size", "max_eval_frames", "
              "bootstrap", "bootstrap_unit", "test_durations", "enroll_mode")
 INFERENCE_ONLY = ("checkpoint", "calibrate", "calibrate_data", "val_data", "decision_p_target", "decision_threshold",
                   "runtime", "onnx_file")
-SORT_KEYS = ("source", "keep", "sort_by", "min_keep", "rounds", "action", "relabel_margin", "relabel_from", "oracle")
+SORT_KEYS = ("source", "keep", "sort_by", "min_keep", "rounds", "action", "relabel_margin", "relabel_from",
+             "score_average", "oracle")
 
 
 def _train_keys() -> tuple[str, ...]:
@@ -257,7 +261,7 @@ NON_NEGATIVE = ("threads", "keep_checkpoints", "utts_per_speaker", "num_workers"
                 "freq_mask_width", "time_masks", "time_mask_width", "channels", "embed_dim", "warmup_epochs",
                 "momentum", "weight_decay", "grad_clip", "max_eval_frames", "min_keep", "relabel_margin",
                 "margin", "eval_crops", "bootstrap", "checkpoint_every", "average_last", "cohort_utts_per_speaker",
-                "filter_warmup")
+                "filter_warmup", "score_average")
 
 
 def _validate(cfg: Config) -> None:

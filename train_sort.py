@@ -5,6 +5,7 @@ relabel them, retrain.
     python train_sort.py --from exp/RUN --keep 0 90 --rounds 2 --sort-by class_weight
     python train_sort.py --from exp/RUN --keep 0 80 --action auto  # relabel the clear cases, drop the rest
     python train_sort.py --from exp/RUN --keep 0 80 --action auto --relabel-from all --rounds 2 --resume
+    python train_sort.py --from exp/RUN --keep 0 80 --action relabel --relabel-from all --score-average 3
     python train_sort.py --from exp/SUBCENTER_RUN --keep 0 80 --sort-by subcenter --loss aam
     python train_sort.py --from exp/NOISY_RUN --oracle relabel     # the moved utterances back to their speaker
 
@@ -37,11 +38,15 @@ With `--relabel-from all`, relabel and auto move any utterance clearly nearer an
 the kept range too (a speaker given more mislabelled utterances than the flagged share keeps the excess
 otherwise); the flagged ones that do not move are kept (relabel) or dropped (auto) as before.
 A speaker's centre: its mean embedding (centroid; an utterance left out of its own speaker's), its class weight
-(class_weight, loss), its dominant sub-centre (subcenter). `--oracle drop|relabel` ignores the scores: it drops
+(class_weight, loss), its dominant sub-centre (subcenter). The ranking model is the source's best.pt, or with
+`--score-average N` the weight average of its last N epoch checkpoints (checkpoints/avg_last_N.pt, written
+there if missing; each later round averages the previous round's): a steadier model that, measured by
+bench/bench_relabel.py, leaves fewer labels wrong. `--oracle drop|relabel` ignores the scores: it drops
 exactly the moved utterances of the source's label_noise.txt, or gives them back their true speaker.
 
-Scores, the retraining labels and a report go to exp/<source>-keep<low>-<high>-<sort_by>[-<action>][-all]/round<k>/
-(exp/<source>-oracle-<drop|relabel>/ for the oracle); when the source run injected label noise, the report gives
+Scores, the retraining labels and a report go to
+exp/<source>-keep<low>-<high>-<sort_by>[-avg<N>][-<action>][-all]/round<k>/ (exp/<source>-oracle-<drop|relabel>/
+for the oracle); when the source run injected label noise, the report gives
 precision and recall of the removed utterances against the ones that moved, how many moved utterances were
 relabelled and how many of those went to their true speaker.
 
@@ -70,7 +75,15 @@ from data.crops import speed_speakers
 from data.samplers import round_half_up
 from distributed import current, finish_distributed, init_distributed
 from evaluation import checkpoint_embedder, evaluate_checkpoint, read_train_list
-from runs import Trained, find_checkpoint, latest_checkpoint, load_trained, run_dir
+from runs import (
+    Trained,
+    average_checkpoints,
+    epoch_checkpoints,
+    find_checkpoint,
+    latest_checkpoint,
+    load_trained,
+    run_dir,
+)
 from scoring import l2_normalise
 from train import train
 from utils import UserError, atomic_write_text, configure_malloc, read_text, run_main
@@ -308,6 +321,23 @@ def source_checkpoint(source: Path, exp_dir: str) -> Path:
     return find_checkpoint(str(source), exp_dir)
 
 
+def scoring_checkpoint(run: Path, cfg: Config) -> Path:
+    """The checkpoint that ranks a run's training list: its best.pt, or with score_average N the weight average
+    of its last N epoch checkpoints, checkpoints/avg_last_N.pt (runs.average_checkpoints; one already there, of
+    the same epochs, is reused)."""
+    if not cfg.score_average:
+        return find_checkpoint(str(run), cfg.exp_dir)
+    last = epoch_checkpoints(run)[-cfg.score_average:]
+    if len(last) < cfg.score_average:
+        raise UserError(f"--score-average {cfg.score_average}: {run / 'checkpoints'} holds {len(last)} epoch "
+                        f"checkpoint(s); the run needs --keep-checkpoints {cfg.score_average} or more (or 0 = all)")
+    path = run / "checkpoints" / f"avg_last_{cfg.score_average}.pt"
+    epochs = [int(p.stem.split("_")[1]) for p in last]
+    if path.is_file() and torch.load(path, weights_only=True, map_location="cpu").get("averaged_epochs") == epochs:
+        return path
+    return average_checkpoints(run, cfg.score_average)
+
+
 def class_rows(trained: Trained, utts: Sequence[Utterance], source: Path) -> np.ndarray:
     """(S,) the head's class of each of the list's sorted speakers; the checkpoint's classes must be the
     list's (with --speed-perturb, each speaker's three speeds)."""
@@ -323,7 +353,8 @@ def class_rows(trained: Trained, utts: Sequence[Utterance], source: Path) -> np.
     return np.array([index[s] for s in speakers])
 
 
-SCORE_KEYS = ("keep", "sort_by", "min_keep", "action", "relabel_margin", "relabel_from")  # what the oracle ignores
+# what the oracle ignores
+SCORE_KEYS = ("keep", "sort_by", "min_keep", "action", "relabel_margin", "relabel_from", "score_average")
 
 
 def check_command_line(cli: Config, overrides: dict[str, object]) -> None:
@@ -462,7 +493,8 @@ def method_text(cfg: Config) -> str:
         return f"oracle ({cfg.oracle}"
     low, high = percent_range(cfg.keep)
     action = "" if cfg.action == "drop" else f", {cfg.action}" + (", from all" if cfg.relabel_from == "all" else "")
-    return f"{low:g}-{high:g} ({cfg.sort_by}{action}"
+    average = f", average of {cfg.score_average}" if cfg.score_average else ""
+    return f"{low:g}-{high:g} ({cfg.sort_by}{average}{action}"
 
 
 def round_figures(r: Round, chosen: Selection, utts: Sequence[Utterance], noise: dict[str, MovedLabel],
@@ -501,11 +533,11 @@ def retrain(cfg: Config, r: Round, chosen: Selection, utts: list[Utterance], noi
     write_scores(r.out, utts, chosen)
     if state == "finished":
         log.info("round %d: finished by an earlier run of this command, reused (%s)", r.number, r.out)
-        return json.loads(read_text(r.out / "report.json")), load_trained(find_checkpoint(str(r.out), cfg.exp_dir))
+        return json.loads(read_text(r.out / "report.json")), load_trained(scoring_checkpoint(r.out, cfg))
     run_cfg = build_config({"name": f"{r.root.name}/round{r.number}", "resume": state == "unfinished"},
                            base=dataclasses.asdict(cfg))
     run = train(run_cfg, utterances=retraining, run=r.out, kept=r.kept)
-    retrained = load_trained(find_checkpoint(str(run), cfg.exp_dir))
+    retrained = load_trained(scoring_checkpoint(run, cfg))  # the next round's ranking model
     report = {**round_figures(r, chosen, utts, noise, cfg), "summary": summary, "retrained": True,
               "eer_before": eer_before, "eer_after": test_eer(cfg, retrained)}
     if current().main:
@@ -547,7 +579,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cli = build_config(overrides)
     check_command_line(cli, overrides)
     source = Path(cli.source)
-    trained = load_trained(source_checkpoint(source, cli.exp_dir))
+    source_checkpoint(source, cli.exp_dir)  # a run folder with a checkpoint, else a one-line error
+    trained = load_trained(scoring_checkpoint(source, cli))
     check_model_keys(overrides, trained.cfg, source)
     utts = read_train_list(source)
     rows = class_rows(trained, utts, source)
@@ -560,6 +593,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     d = init_distributed(cfg.device, cfg.dist_timeout_min)  # under torchrun: every rank embeds its share
     low, high = percent_range(cfg.keep)
     method = (f"oracle-{cfg.oracle}" if cfg.oracle else f"keep{low:g}-{high:g}-{cfg.sort_by}"
+              + (f"-avg{cfg.score_average}" if cfg.score_average else "")
               + ("" if cfg.action == "drop" else f"-{cfg.action}") + ("-all" if cfg.relabel_from == "all" else ""))
     root = Path(cfg.exp_dir) / (overrides.get("name") or f"{source.name}-{method}")
     reports = run_rounds(cfg, root, trained, utts, rows, noise, test_eer(cfg, trained))

@@ -4,7 +4,8 @@
     python -m bench.bench_relabel --corpus harmonic --noise 0.1 --margins 0.05 0.1 0.2
 
 For each noisy run of bench/bench_sort.py (<root>/<corpus>/seed<s>/noisy-<n>, its moved utterances known from
-label_noise.txt), the training utterances are embedded with its best checkpoint exactly as train_sort.py does
+label_noise.txt), the training utterances are embedded with its best checkpoint, and with the weight average of
+its last N epoch checkpoints for each --score-average N (train_sort.scoring_checkpoint), exactly as train_sort.py does
 (train_sort.embed, through the run's embedding cache: the bench retrains nothing and takes seconds once
 bench_sort has run), and train_sort's own rule (train_sort.relabel_targets on centroid scores) is applied at
 each --margins value, to the flagged utterances (--relabel-from flagged: outside the --keep range, 0-80 as in
@@ -30,7 +31,7 @@ import numpy as np
 from config import Config
 from evaluation import read_train_list
 from runs import Trained, load_trained
-from train_sort import class_rows, kept_mask, read_label_noise, relabel_targets, source_checkpoint, utterance_scores
+from train_sort import class_rows, kept_mask, read_label_noise, relabel_targets, scoring_checkpoint, utterance_scores
 from train_sort import embed as embed_training_list
 from utils import UserError, run_main
 
@@ -50,9 +51,11 @@ def relabel_once(embeddings: np.ndarray, labels: np.ndarray, margin: float, keep
     return out
 
 
-def source_rows(run: Path, margins: list[float], keep: tuple[float, float]) -> list[tuple[str, int, int, int]]:
-    """(rule, relabelled, relabelled to the true speaker, labels wrong after) per rule, for one noisy run."""
-    trained = load_trained(source_checkpoint(run, str(run.parent)))
+def source_rows(run: Path, margins: list[float], keep: tuple[float, float],
+                score_average: int) -> list[tuple[str, int, int, int]]:
+    """(rule, relabelled, relabelled to the true speaker, labels wrong after) per rule, for one noisy run ranked
+    by the model train_sort --score-average `score_average` would use."""
+    trained = load_trained(scoring_checkpoint(run, Config(exp_dir=str(run.parent), score_average=score_average)))
     utts = read_train_list(run)
     rows = class_rows(trained, utts, run)
     noise = read_label_noise(run, utts)
@@ -92,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.15, 0.2, 0.3])
     parser.add_argument("--keep", type=float, nargs=2, default=[0.0, 80.0],
                         help="the range whose outside is flagged (bench_sort's relabel rows: 0 80)")
+    parser.add_argument("--score-average", type=int, nargs="+", default=[0, 3],
+                        help="train_sort's --score-average values compared (0 = best.pt)")
     parser.add_argument("--root", default="exp/bench_sort", help="bench_sort's --root")
     args = parser.parse_args(argv)
     runs = {c: [Path(args.root) / c / f"seed{s}" / f"noisy-{args.noise:g}" for s in args.seeds] for c in args.corpus}
@@ -99,14 +104,17 @@ def main(argv: list[str] | None = None) -> None:
         if not (run / "train_list.jsonl").is_file():
             raise UserError(f"{run}: no such run; bench_sort makes it (python -m bench.bench_sort --corpus ... "
                             f"--noise ... --seeds ...)")
-    print("| corpus | seeds | rule | relabelled | to the true speaker | labels still wrong |")
-    print("|---|---|---|---|---|---|")
+    print("| corpus | seeds | ranking model | rule | relabelled | to the true speaker | labels still wrong |")
+    print("|---|---|---|---|---|---|---|")
     for corpus, sources in runs.items():
-        per_seed = [source_rows(run, args.margins, tuple(args.keep)) for run in sources]
-        for i, (rule, *_) in enumerate(per_seed[0]):
-            columns = [cell([rows[i][k] for rows in per_seed]) for k in (1, 2, 3)]
-            print(f"| {corpus} | {' '.join(map(str, args.seeds))} | {rule} | " + " | ".join(columns) + " |")
-        sys.stdout.flush()
+        for average in args.score_average:
+            model = f"average of the last {average}" if average else "best.pt"
+            per_seed = [source_rows(run, args.margins, tuple(args.keep), average) for run in sources]
+            for i, (rule, *_) in enumerate(per_seed[0]):
+                columns = [cell([rows[i][k] for rows in per_seed]) for k in (1, 2, 3)]
+                print(f"| {corpus} | {' '.join(map(str, args.seeds))} | {model} | {rule} | " + " | ".join(columns)
+                      + " |")
+            sys.stdout.flush()
 
 if __name__ == "__main__":
     run_main(main)

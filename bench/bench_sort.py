@@ -25,6 +25,8 @@ and for each noise level the methods (--methods; drop, relabel, auto and subcent
 - oracle-drop, oracle-relabel: noisy-<n>-oracle-<drop|relabel>, train_sort.py --oracle: exactly the moved
   utterances dropped, or given back their true speaker (a perfect detector). (The earlier `--oracle` flag is
   oracle-drop.)
+`--score-average N` gives them train_sort's --score-average N (ranked by the weight average of the source's last N
+epoch checkpoints; folders noisy-<n>-keep<lo>-<hi>-avg<N>[-<method>], rows "<method> <range> avg N").
 `--rounds R` gives drop, relabel and auto (and the -all ones) train_sort's --rounds R and a row per round (a
 round that stopped because its list was unchanged repeats the previous round's row). Each run is skipped when
 its results exist, so a killed bench resumes where it stopped: a training run killed midway, or a train_sort
@@ -84,6 +86,7 @@ class Plan:
     filter_share: float | None  # intrain; None = the first range's flagged share
     filter_warmup: int | None  # intrain; None = the noisy run's epochs
     rounds: int = 1  # train_sort's --rounds of drop, relabel, auto and subcenter: a row per round
+    score_average: int = 0  # train_sort's --score-average of drop, relabel and auto (0: rank with best.pt)
 
 
 def corpus_flags(corpus: str) -> list[str]:
@@ -205,8 +208,12 @@ def sorted_rows(n: Noisy, plan: Plan, method: str) -> list[dict]:
     action, _, scope = method.partition("-")
     extra = [] if action == "drop" else ["--action", action] + (["--relabel-from", "all"] if scope else [])
     suffix = "" if action == "drop" else f"-{method}"
+    if plan.score_average:
+        extra += ["--score-average", str(plan.score_average)]
+        suffix = f"-avg{plan.score_average}{suffix}"
+    label = f"{method} {{}}" + (f" avg {plan.score_average}" if plan.score_average else "")
     return [row for k in plan.keeps for row in
-            sort_rows(n.root, f"{n.name}-keep{range_name(k)}{suffix}", n.name, n.noise, f"{method} {range_name(k)}",
+            sort_rows(n.root, f"{n.name}-keep{range_name(k)}{suffix}", n.name, n.noise, label.format(range_name(k)),
                       [*n.flags, "--keep", f"{k[0]:g}", f"{k[1]:g}", *extra], n.moved, plan.rounds)]
 
 
@@ -377,6 +384,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--root", type=Path, default=Path("exp/bench_sort"), help="experiments folder")
     parser.add_argument("--rounds", type=int, default=1, help="train_sort's --rounds for drop, relabel and auto "
                         "(a row per round; a later bench with more rounds reuses the earlier ones)")
+    parser.add_argument("--score-average", type=int, default=0, help="train_sort's --score-average N for drop, "
+                        "relabel and auto (rank with the weight average of the last N epochs); 0 = best.pt")
     parser.add_argument("--filter-share", type=float, default=None, help="intrain: share left out per epoch "
                         "(default: the first range's flagged share)")
     parser.add_argument("--filter-warmup", type=int, default=None, help="intrain: epochs before filtering "
@@ -407,8 +416,10 @@ def check(args: argparse.Namespace, flags: list[str]) -> Plan:
         raise UserError(f"--rounds: must be >= 1, got {args.rounds}")
     if args.verdict_rounds < 1:
         raise UserError(f"--verdict-rounds: must be >= 1, got {args.verdict_rounds}")
+    if args.score_average < 0:
+        raise UserError(f"--score-average: must be >= 0, got {args.score_average}")
     return Plan(args.noise, list(dict.fromkeys(args.methods)), [parse_keep(k) for k in args.keep],
-                args.filter_share, args.filter_warmup, args.rounds)
+                args.filter_share, args.filter_warmup, args.rounds, args.score_average)
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import train_sort
-from config import build_config
+from config import Config, build_config
 from data.corpus import MovedLabel, Utterance, load_utterance_list, save_index, write_moved_labels
 from loss import SubcenterAAMHead
 from train_sort import (
@@ -326,3 +326,23 @@ def test_train_sort_auto_end_to_end(trained_run, tmp_path, capsys):
     # another selection in the same folder is not a resume
     with pytest.raises(UserError, match="round1: trained on another list than round 1 of this command selects"):
         train_sort.main([*argv[:argv.index("--action")], "--name", out.parent.name, "--resume"])
+
+
+def test_score_average_ranks_with_the_weight_average_of_the_last_epochs(trained_run, tmp_path):
+    """--score-average N: checkpoints/avg_last_N.pt of the source (runs.average_checkpoints), written once and
+    reused while its epochs are the last N; a run with fewer epoch checkpoints is a one-line error."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    assert train_sort.scoring_checkpoint(run, Config(exp_dir=str(tmp_path))) == run / "checkpoints" / "best.pt"
+    path = train_sort.scoring_checkpoint(run, Config(exp_dir=str(tmp_path), score_average=1))
+    assert path == run / "checkpoints" / "avg_last_1.pt"
+    state, epoch = (torch.load(p, weights_only=True) for p in (path, run / "checkpoints" / "epoch_0001.pt"))
+    assert state["averaged_epochs"] == [1]
+    assert all(torch.equal(state["model"][k], epoch["model"][k]) for k in epoch["model"])  # the mean of one
+    mtime = path.stat().st_mtime_ns
+    assert train_sort.scoring_checkpoint(run, Config(score_average=1)) == path and path.stat().st_mtime_ns == mtime
+    with pytest.raises(UserError, match=r"--score-average 2: .*checkpoints holds 1 epoch checkpoint\(s\); the run "
+                                        r"needs --keep-checkpoints 2 or more"):
+        train_sort.scoring_checkpoint(run, Config(score_average=2))
+    cfg = Config(keep=[0.0, 80.0], action="relabel", score_average=3)
+    assert train_sort.method_text(cfg) == "0-80 (centroid, average of 3, relabel"
