@@ -2,7 +2,7 @@
 scalars (`--tensorboard`, in <run>/tensorboard/).
 
 The PNG has one panel per logged quantity against the epoch: training loss, training accuracy, learning rate
-(at the epoch's start), margin (at its last step), validation EER (%) and minDCF at the first p_target. It is
+and margin (both at the epoch's last step), validation EER (%) and minDCF at the first p_target. It is
 drawn on matplotlib's Agg canvas (a `Figure`, no pyplot state, no display) and written atomically, so a viewer
 refreshing the file never sees half an image. TensorBoard gets the same scalars, one event file per epoch
 (TensorBoard merges the files of a folder), so nothing stays open between epochs and a resumed run appends.
@@ -56,7 +56,8 @@ def plot_curves(rows: Sequence[dict], path: Path, title: str = "") -> None:
         ax.grid(True, color="0.9")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    # fixed margins: tight_layout measured every label's extent and took ~2/3 of the drawing time
+    fig.subplots_adjust(left=0.07, right=0.985, bottom=0.08, top=0.9, wspace=0.4, hspace=0.45)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         fig.savefig(f, format="png", dpi=100)
 
