@@ -522,9 +522,9 @@ def earlier_round(cfg: Config, r: Round, retraining: Sequence[Utterance]) -> str
 
 
 def retrain(cfg: Config, r: Round, chosen: Selection, utts: list[Utterance], noise: dict[str, MovedLabel],
-            eer_before: float) -> tuple[dict, Trained]:
-    """Retrain on the round's list and labels (or take the round an earlier run finished), report; returns
-    the report and the retrained model."""
+            eer_before: float) -> dict:
+    """Retrain on the round's list and labels (or take the round an earlier run finished) in r.out; returns
+    the round's report."""
     low, high = percent_range(cfg.keep)
     summary = selection_summary(utts, chosen, None if cfg.oracle else low + 100 - high)
     log.info("round %d: %s", r.number, summary)
@@ -533,17 +533,17 @@ def retrain(cfg: Config, r: Round, chosen: Selection, utts: list[Utterance], noi
     write_scores(r.out, utts, chosen)
     if state == "finished":
         log.info("round %d: finished by an earlier run of this command, reused (%s)", r.number, r.out)
-        return json.loads(read_text(r.out / "report.json")), load_trained(scoring_checkpoint(r.out, cfg))
+        return json.loads(read_text(r.out / "report.json"))
     run_cfg = build_config({"name": f"{r.root.name}/round{r.number}", "resume": state == "unfinished"},
                            base=dataclasses.asdict(cfg))
     run = train(run_cfg, utterances=retraining, run=r.out, kept=r.kept)
-    retrained = load_trained(scoring_checkpoint(run, cfg))  # the next round's ranking model
+    retrained = load_trained(find_checkpoint(str(run), cfg.exp_dir))
     report = {**round_figures(r, chosen, utts, noise, cfg), "summary": summary, "retrained": True,
               "eer_before": eer_before, "eer_after": test_eer(cfg, retrained)}
     if current().main:
         atomic_write_text(r.out / "report.json", json.dumps(report, indent=2))
         print(result_line(report))
-    return report, retrained
+    return report
 
 
 def run_rounds(cfg: Config, root: Path, trained: Trained, utts: list[Utterance], rows: np.ndarray,
@@ -565,7 +565,9 @@ def run_rounds(cfg: Config, root: Path, trained: Trained, utts: list[Utterance],
                 atomic_write_text(r.out / "report.json", json.dumps(report, indent=2))
             reports.append(report)
             break
-        report, trained = retrain(cfg, r, chosen, utts, noise, eer_before)
+        report = retrain(cfg, r, chosen, utts, noise, eer_before)
+        if k < cfg.rounds:
+            trained = load_trained(scoring_checkpoint(r.out, cfg))  # the next round's ranking model
         reports.append(report)
         previous, eer_before = chosen.labels, report["eer_after"]
     return reports

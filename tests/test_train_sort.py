@@ -257,17 +257,26 @@ def same(a: dict, b: dict) -> bool:
 # --- rounds -------------------------------------------------------------------------------------------------
 
 def test_rounds_stop_when_the_list_is_unchanged(tmp_path, monkeypatch):
+    """Each round ranks with the previous round's model (scoring_checkpoint of its folder); a round selecting
+    the previous round's list again is not retrained and ends the rounds."""
     chosen = iter([["a", None, "b", "b"], ["a", "b", "b", "b"], ["a", "b", "b", "b"], ["a"] * 4])
-    retrained = []
+    retrained, models = [], []
 
     def retrain(cfg, r: Round, selection, utts, noise, eer_before):
         retrained.append(r.number)
-        return {"round": r.number, "eer_after": eer_before / 2, "retrained": True}, f"model{r.number}"
+        return {"round": r.number, "eer_after": eer_before / 2, "retrained": True}
 
-    monkeypatch.setattr(train_sort, "select", lambda *args: Selection(next(chosen), 1, scores=np.zeros(4)))
+    def select(trained, *args):
+        models.append(trained)
+        return Selection(next(chosen), 1, scores=np.zeros(4))
+
+    monkeypatch.setattr(train_sort, "select", select)
     monkeypatch.setattr(train_sort, "retrain", retrain)
+    monkeypatch.setattr(train_sort, "scoring_checkpoint", lambda run, cfg: run.name)
+    monkeypatch.setattr(train_sort, "load_trained", lambda path: f"model of {path}")
     reports = train_sort.run_rounds(build_config({"rounds": 4}), tmp_path, "model0", UTTS, None, {}, 0.1)
     assert retrained == [1, 2] and [r["round"] for r in reports] == [1, 2, 3]
+    assert models == ["model0", "model of round1", "model of round2"]
     saved = json.loads((tmp_path / "round3/report.json").read_text())
     assert same(saved, reports[2]) and not saved["retrained"] and "round 2 again" in saved["stopped"]
     assert saved["relabelled"] == 1 and saved["kept"] == 4 and saved["rounds_max"] == 4
