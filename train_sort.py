@@ -333,7 +333,8 @@ def scoring_checkpoint(run: Path, cfg: Config) -> Path:
                         f"checkpoint(s); the run needs --keep-checkpoints {cfg.score_average} or more (or 0 = all)")
     path = run / "checkpoints" / f"avg_last_{cfg.score_average}.pt"
     epochs = [int(p.stem.split("_")[1]) for p in last]
-    if path.is_file() and torch.load(path, weights_only=True, map_location="cpu").get("averaged_epochs") == epochs:
+    # mmap: the check reads the epochs, not every weight (load_trained reads them next)
+    if path.is_file() and torch.load(path, weights_only=True, mmap=True).get("averaged_epochs") == epochs:
         return path
     return average_checkpoints(run, cfg.score_average)
 
