@@ -47,9 +47,34 @@ def _from_worker(kind: type, message: str) -> str:
     return last.split(f"{kind.__qualname__}: ", 1)[-1]
 
 
+ONCE = {"once": True}  # log.warning(..., extra=ONCE): a warning a script shows once, however often it recurs
+
+
+class OncePerProcess(logging.Filter):
+    """Passes a record logged with extra=ONCE the first time its text is seen, and drops it after: a silent or
+    short file is named once, not again at every epoch's validation. run_main installs one on the voiceprint
+    logger, so a script owns this policy; a library caller (api.py) gets every warning, as it configures its
+    own logging. Other records pass untouched."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "once", False):
+            return True
+        text = record.getMessage()
+        if text in self.seen:
+            return False
+        self.seen.add(text)
+        return True
+
+
 def run_main(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
     """Run a script's main; a UserError becomes a one-line message instead of a traceback."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    if not any(isinstance(f, OncePerProcess) for f in log.filters):
+        log.addFilter(OncePerProcess())
     try:
         main(argv)
     except UserError as err:

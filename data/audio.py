@@ -13,7 +13,7 @@ of its own), of one of the types NPY_SCALES lists: int16 (full scale 32768), int
 never a guess. Reading a segment touches only that segment's samples: soundfile seeks, a memory map pages in
 the slice. Every failure is a one-line UserError that names the file: missing, unreadable, empty, below the
 sample rate, NaN or infinite samples, or (with `length`) another length than the corpus index recorded.
-A whole-file read of digital silence logs a warning naming the file (once per file and process).
+A whole-file read of digital silence logs a warning naming the file (a script shows it once: utils.ONCE).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from types import ModuleType
 import numpy as np
 import soundfile as sf
 
-from utils import UserError
+from utils import ONCE, UserError
 
 log = logging.getLogger("voiceprint")
 
@@ -176,19 +176,15 @@ def load_audio(path: str | Path, sample_rate: int, start: int = 0, stop: int | N
     return samples
 
 
-_SILENT_WARNED: set[str] = set()  # files already reported as silent by this process
-
-
 def check_samples(path: Path, samples: np.ndarray, start: int, whole: bool) -> None:
-    """NaN or infinite samples are an error; a whole file of digital silence a warning (once per file)."""
+    """NaN or infinite samples are an error; a whole file of digital silence a warning (shown once: utils.ONCE)."""
     finite = np.isfinite(samples)
     if not finite.all():
         first = start + int(np.argmin(finite))
         raise AudioError(f"{path}: holds NaN or infinite samples (the first at sample {first})")
-    if whole and not samples.any() and str(path) not in _SILENT_WARNED:
-        _SILENT_WARNED.add(str(path))
+    if whole and not samples.any():
         log.warning("%s: every sample is zero (digital silence); its features and embedding carry no speaker",
-                    path)
+                    path, extra=ONCE)
 
 
 def _read_soundfile(path: Path, sample_rate: int, start: int, stop: int | None) -> tuple[np.ndarray, int]:
@@ -253,15 +249,13 @@ def _read_decoded(path: Path, sample_rate: int, start: int, stop: int | None) ->
 
 
 SHORT_SECONDS = 0.1  # files shorter than this are warned about: ten 10 ms frames, less than a syllable
-_SHORT_WARNED: set[str] = set()  # files already reported as short by this process
 
 
 def warn_short(lengths: dict[str, int], sample_rate: int, what: str) -> None:
-    """One warning naming the files (of `what`: a corpus, an embedding pass) shorter than SHORT_SECONDS, once
-    per file and process: they are wrap-padded to a crop or to the shortest embedded input, i.e. a few
-    milliseconds repeated, and say little about a speaker."""
-    short = sorted(p for p, n in lengths.items() if n < SHORT_SECONDS * sample_rate and p not in _SHORT_WARNED)
+    """One warning naming the files (of `what`: a corpus, an embedding pass) shorter than SHORT_SECONDS (a
+    script shows the same one once: utils.ONCE): they are wrap-padded to a crop or to the shortest embedded
+    input, i.e. a few milliseconds repeated, and say little about a speaker."""
+    short = sorted(p for p, n in lengths.items() if n < SHORT_SECONDS * sample_rate)
     if short:
-        _SHORT_WARNED.update(short)
         log.warning("%s: %d file(s) shorter than %g s, wrap-padded to a usable length: %s%s", what, len(short),
-                    SHORT_SECONDS, ", ".join(short[:3]), " ..." if len(short) > 3 else "")
+                    SHORT_SECONDS, ", ".join(short[:3]), " ..." if len(short) > 3 else "", extra=ONCE)

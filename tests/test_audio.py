@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import data.audio
 from data.audio import AudioError, audio_info, load_audio, warn_short
+from utils import OncePerProcess
 
 RATE = 16000
 
@@ -84,17 +84,32 @@ def test_low_rate_message_does_not_suggest_a_flag(tmp_path):
     assert "--sample-rate" not in str(err.value)
 
 
-def test_silent_whole_files_and_short_files_are_warned_about_once(tmp_path, caplog, monkeypatch):
-    monkeypatch.setattr(data.audio, "_SILENT_WARNED", set())
-    monkeypatch.setattr(data.audio, "_SHORT_WARNED", set())
-    np.save(tmp_path / "silent.npy", np.zeros(1600, dtype=np.int16))
+def warnings_of(caplog, calls) -> list[str]:
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="voiceprint"):
-        load_audio(tmp_path / "silent.npy", RATE, 0, 800)  # a silent segment: no warning
-        assert not caplog.records
-        load_audio(tmp_path / "silent.npy", RATE)
-        load_audio(tmp_path / "silent.npy", RATE)
-        warn_short({"a.wav": 160, "b.wav": 16000}, RATE, "corpus")
-        warn_short({"a.wav": 160}, RATE, "corpus")
-    assert [r.getMessage().split(":")[0] for r in caplog.records] == [str(tmp_path / "silent.npy"), "corpus"]
-    assert "every sample is zero" in caplog.records[0].getMessage()
-    assert "1 file(s) shorter than 0.1 s" in caplog.records[1].getMessage() and "a.wav" in caplog.text
+        calls()
+    return [r.getMessage() for r in caplog.records]
+
+
+def test_silent_whole_files_and_short_files_are_warned_about_once_in_a_script(tmp_path, caplog):
+    np.save(tmp_path / "silent.npy", np.zeros(1600, dtype=np.int16))
+    assert not warnings_of(caplog, lambda: load_audio(tmp_path / "silent.npy", RATE, 0, 800))  # a silent segment
+
+    def calls():
+        for _ in range(2):  # as a validation pass every epoch
+            load_audio(tmp_path / "silent.npy", RATE)
+            warn_short({"a.wav": 160, "b.wav": 16000}, RATE, "embedding")
+
+    # a library caller (no run_main) sees every one; a script (run_main's filter) each text once
+    assert len(warnings_of(caplog, calls)) == 4
+    once = OncePerProcess()
+    logging.getLogger("voiceprint").addFilter(once)
+    try:
+        shown = warnings_of(caplog, calls)
+    finally:
+        logging.getLogger("voiceprint").removeFilter(once)
+    assert [m.split(":")[0] for m in shown] == [str(tmp_path / "silent.npy"), "embedding"]
+    assert "every sample is zero" in shown[0]
+    assert "1 file(s) shorter than 0.1 s" in shown[1] and "a.wav" in shown[1] and "b.wav" not in shown[1]
+    plain = logging.LogRecord("voiceprint", logging.WARNING, "", 0, "a warning without ONCE", None, None)
+    assert once.filter(plain) and once.filter(plain)  # passes every time

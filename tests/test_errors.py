@@ -11,6 +11,7 @@ kills inside every atomic write of a run, each resumed to bit-identical weights.
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import dataclasses
 import fnmatch
@@ -463,7 +464,8 @@ def test_disk_full_is_one_line_nothing_torn_and_the_run_resumes(tiny_corpus, tra
 # run reaches them, so that each is still ahead when its process starts (a count is of that process's own
 # writes: a resumed process rewrites log.csv, and repairs best.pt, before it trains). 20 kills, 21 processes:
 # ~80 s on a quiet 2-core machine.
-STEP = np.random.default_rng(15).integers(1, 5, size=3)  # of the 4 optimizer steps of an epoch
+STEPS_PER_EPOCH = 4  # the tiny corpus's, at batch 8
+STEP = np.random.default_rng(15).integers(1, STEPS_PER_EPOCH + 1, size=3)  # a step of each epoch
 KILLS = [
     ("config.yaml", 1, "before"),  # a fresh start: the run folder's first write
     (".voiceprint_index.*.tsv", 1, "before"),  # the corpus index cache
@@ -537,34 +539,50 @@ def killed_run(spec: tuple[str, int, str] | None, args: list[str], cwd: Path) ->
     return proc.returncode
 
 
-def test_kills_inside_every_atomic_write_resume_to_identical_weights(tiny_corpus, tmp_path):
-    train_data = tmp_path / "train"
+def kill_chain(kills: list[tuple[str, int, str]], tiny_corpus: Path, exp: Path) -> Path:
+    """A run of its own (own copy of the training folder, own experiment folder), killed at each of `kills` in
+    turn, resumed after each, and run to its end: the run folder."""
+    train_data = exp / "train"
     shutil.copytree(tiny_corpus / "train/wav", train_data, ignore=shutil.ignore_patterns(".voiceprint_index*"))
     for folder in [train_data, *(p for p in train_data.rglob("*") if p.is_dir())]:
         os.utime(folder, (time.time() - 60, time.time() - 60))  # old enough for the index to be cached
-    args = tiny_train_args(tiny_corpus, tmp_path, "run", "--epochs", "3", "--val-trials", "", "--bootstrap", "0",
-                           "--train-data", str(train_data))
+    args = tiny_train_args(tiny_corpus, exp, "run", *KILLED_RUN, "--train-data", str(train_data))
+    run = exp / "run"
+    resume = ["train.py", "--resume", "--exp-dir", str(exp), "--name", "run", "--threads", "1"]
+    for spec in [*kills, None]:  # None: the last restart, to the end
+        started = resume if list((run / "checkpoints").glob("epoch_*.pt")) else ["train.py", *args]
+        assert killed_run(spec, started, exp) == (-signal.SIGKILL if spec else 0), spec
+    return run
+
+
+KILLED_RUN = ("--epochs", "3", "--val-trials", "", "--bootstrap", "0")
+
+
+def test_kills_inside_every_atomic_write_resume_to_identical_weights(tiny_corpus, tmp_path):
+    """Two chains side by side (each a 1-thread process at a time; 2 cores): the kills up to epoch 2's curves,
+    and those from epoch 3 on, whose first process trains epochs 1-2 unkilled. The two best.pt kills stay in
+    one chain: the second is a kill inside the first one's repair."""
     import train
 
-    full = train.main([*args, "--name", "full", "--train-data", str(tiny_corpus / "train/wav")])
-
-    run = tmp_path / "run"
-    resume = ["train.py", "--resume", "--exp-dir", str(tmp_path), "--name", "run", "--threads", "1"]
-    for spec in [*KILLS, None]:  # None: the last restart, to the end
-        started = resume if list((run / "checkpoints").glob("epoch_*.pt")) else ["train.py", *args]
-        assert killed_run(spec, started, tmp_path) == (-signal.SIGKILL if spec else 0), spec
-
-    a, b = (torch.load(r / "checkpoints/epoch_0003.pt", weights_only=True) for r in (full, run))
-    for part in ("model", "head"):
-        for key in a[part]:
-            assert torch.equal(a[part][key], b[part][key]), key
-    best = torch.load(run / "checkpoints/best.pt", weights_only=True)
-    assert best["epoch"] == 3 and all(torch.equal(best["model"][k], b["model"][k]) for k in b["model"])
-    rows = [[{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(open(x / "log.csv"))]
-            for x in (full, run)]
-    assert rows[0] == rows[1] and len(rows[0]) == 3
-    results = [json.loads((x / "results.json").read_text()) for x in (full, run)]
-    assert results[1]["epoch"] == 3 and results[0]["results"][0]["eer"] == results[1]["results"][0]["eer"]
+    full = train.main([*tiny_train_args(tiny_corpus, tmp_path, "full", *KILLED_RUN)])
+    split = KILLS.index(("curves.png", 1, "before")) + 1  # KILLS[split]: epoch 3's step
+    # the second chain's first process starts fresh: epoch 3's step is its (2 epochs + STEP[2])-th
+    chains = [KILLS[:split], [("step", 2 * STEPS_PER_EPOCH + int(STEP[2]), "before"), *KILLS[split + 1:]]]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda i: kill_chain(chains[i], tiny_corpus, tmp_path / f"chain{i}"), (0, 1)))
+    for run in runs:
+        a, b = (torch.load(r / "checkpoints/epoch_0003.pt", weights_only=True) for r in (full, run))
+        for part in ("model", "head"):
+            for key in a[part]:
+                assert torch.equal(a[part][key], b[part][key]), key
+        best = torch.load(run / "checkpoints/best.pt", weights_only=True)
+        assert best["epoch"] == 3 and all(torch.equal(best["model"][k], b["model"][k]) for k in b["model"])
+        rows = [[{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(open(x / "log.csv"))]
+                for x in (full, run)]
+        assert rows[0] == rows[1] and len(rows[0]) == 3
+        assert all(int(r["steps"]) == STEPS_PER_EPOCH for r in rows[0])  # the second chain's step arithmetic
+        results = [json.loads((x / "results.json").read_text()) for x in (full, run)]
+        assert results[1]["epoch"] == 3 and results[0]["results"][0]["eer"] == results[1]["results"][0]["eer"]
     assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob(".*.tmp"))
 
 
