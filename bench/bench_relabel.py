@@ -2,15 +2,17 @@
 
     python -m bench.bench_relabel --corpus demo harmonic --seeds 0 1 2       # after bench_sort's noisy-0.2 runs
     python -m bench.bench_relabel --corpus harmonic --noise 0.1 --margins 0.05 0.1 0.2
+    python -m bench.bench_relabel --sort-by centroid class_weight --margins 0.1 --score-average 3
 
 For each noisy run of bench/bench_sort.py (<root>/<corpus>/seed<s>/noisy-<n>, its moved utterances known from
 label_noise.txt), the training utterances are embedded with its best checkpoint, and with the weight average of
-its last N epoch checkpoints for each --score-average N (train_sort.scoring_checkpoint), exactly as train_sort.py does
-(train_sort.embed, through the run's embedding cache: the bench retrains nothing and takes seconds once
-bench_sort has run), and train_sort's own rule (train_sort.relabel_targets on centroid scores) is applied at
-each --margins value, to the flagged utterances (--relabel-from flagged: outside the --keep range, 0-80 as in
-bench_sort) and to all of them (--relabel-from all). A last row per source applies the all-rule at the default
-margin three times, each pass to the previous one's labels (centres recomputed, no retraining): whether
+its last N epoch checkpoints for each --score-average N (train_sort.scoring_checkpoint), exactly as train_sort.py
+does (train_sort.embed, through the run's embedding cache: the bench retrains nothing and takes seconds once
+bench_sort has run), and train_sort's own rule (train_sort.relabel_targets on the scores and centres of each
+--sort-by: centroid, train_sort's default, and/or class_weight, the head's class weights) is applied at each
+--margins value, to the flagged utterances (--relabel-from flagged: outside the --keep range, 0-80 as in
+bench_sort) and to all of them (--relabel-from all). A last row per source applies the centroid all-rule at the
+default margin three times, each pass to the previous one's labels (centres recomputed, no retraining): whether
 iterating the rule repairs more.
 
 Columns (mean over the seeds, min-max in brackets): utterances relabelled, those relabelled to their true
@@ -39,10 +41,10 @@ DEFAULT_MARGIN = Config().relabel_margin  # config relabel_margin: the margin of
 MIN_KEEP = Config().min_keep  # train_sort's default: each speaker's most typical ones are never flagged
 
 def relabel_once(embeddings: np.ndarray, labels: np.ndarray, margin: float, keep: tuple[float, float] | None,
-                 trained: Trained, rows: np.ndarray) -> np.ndarray:
-    """train_sort's centroid relabelling of `labels` (N,) at `margin`, of the utterances outside the `keep`
-    range (--relabel-from flagged) or of all (keep None): the new labels (N,)."""
-    scores = utterance_scores(trained, "centroid", embeddings, labels, rows)
+                 trained: Trained, rows: np.ndarray, sort_by: str = "centroid") -> np.ndarray:
+    """train_sort's relabelling (--sort-by `sort_by`) of `labels` (N,) at `margin`, of the utterances outside
+    the `keep` range (--relabel-from flagged) or of all (keep None): the new labels (N,)."""
+    scores = utterance_scores(trained, sort_by, embeddings, labels, rows)
     candidates = (np.flatnonzero(~kept_mask(scores.score, labels, keep, MIN_KEEP)) if keep is not None
                   else np.arange(len(labels)))
     out = labels.copy()
@@ -51,10 +53,11 @@ def relabel_once(embeddings: np.ndarray, labels: np.ndarray, margin: float, keep
     return out
 
 
-def source_rows(run: Path, margins: list[float], keep: tuple[float, float],
-                score_average: int) -> list[tuple[str, int, int, int]]:
+def source_rows(run: Path, margins: list[float], keep: tuple[float, float], score_average: int,
+                sort_by: str = "centroid") -> list[tuple[str, int, int, int]]:
     """(rule, relabelled, relabelled to the true speaker, labels wrong after) per rule, for one noisy run ranked
-    by the model train_sort --score-average `score_average` would use."""
+    by the model train_sort --score-average `score_average` would use, scored and relabelled --sort-by
+    `sort_by`. The rule applied 3 times (centres recomputed) only for centroid: class weights do not move."""
     trained = load_trained(scoring_checkpoint(run, Config(exp_dir=str(run.parent), score_average=score_average)))
     utts = read_train_list(run)
     rows = class_rows(trained, utts, run)
@@ -75,7 +78,9 @@ def source_rows(run: Path, margins: list[float], keep: tuple[float, float],
     for margin in margins:
         for flagged in (keep, None):
             rule = f"margin {margin:g}, from {'flagged' if flagged else 'all'}"
-            out.append(counts(rule, relabel_once(embeddings, noisy, margin, flagged, trained, rows)))
+            out.append(counts(rule, relabel_once(embeddings, noisy, margin, flagged, trained, rows, sort_by)))
+    if sort_by != "centroid":
+        return out
     labels = noisy
     for _ in range(3):  # centres recomputed from the previous pass's labels, no retraining
         labels = relabel_once(embeddings, labels, DEFAULT_MARGIN, None, trained, rows)
@@ -97,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the range whose outside is flagged (bench_sort's relabel rows: 0 80)")
     parser.add_argument("--score-average", type=int, nargs="+", default=[0, 3],
                         help="train_sort's --score-average values compared (0 = best.pt)")
+    parser.add_argument("--sort-by", nargs="+", default=["centroid"], choices=["centroid", "class_weight"],
+                        help="train_sort's --sort-by values compared: the scores and the centres relabelled to")
     parser.add_argument("--root", default="exp/bench_sort", help="bench_sort's --root")
     args = parser.parse_args(argv)
     runs = {c: [Path(args.root) / c / f"seed{s}" / f"noisy-{args.noise:g}" for s in args.seeds] for c in args.corpus}
@@ -104,17 +111,18 @@ def main(argv: list[str] | None = None) -> None:
         if not (run / "train_list.jsonl").is_file():
             raise UserError(f"{run}: no such run; bench_sort makes it (python -m bench.bench_sort --corpus ... "
                             f"--noise ... --seeds ...)")
-    print("| corpus | seeds | ranking model | rule | relabelled | to the true speaker | labels still wrong |")
-    print("|---|---|---|---|---|---|---|")
+    print("| corpus | seeds | ranking model | sort by | rule | relabelled | to the true speaker | labels still wrong |")
+    print("|---|---|---|---|---|---|---|---|")
     for corpus, sources in runs.items():
         for average in args.score_average:
             model = f"average of the last {average}" if average else "best.pt"
-            per_seed = [source_rows(run, args.margins, tuple(args.keep), average) for run in sources]
-            for i, (rule, *_) in enumerate(per_seed[0]):
-                columns = [cell([rows[i][k] for rows in per_seed]) for k in (1, 2, 3)]
-                print(f"| {corpus} | {' '.join(map(str, args.seeds))} | {model} | {rule} | " + " | ".join(columns)
-                      + " |")
-            sys.stdout.flush()
+            for sort_by in args.sort_by:
+                per_seed = [source_rows(run, args.margins, tuple(args.keep), average, sort_by) for run in sources]
+                for i, (rule, *_) in enumerate(per_seed[0]):
+                    columns = [cell([rows[i][k] for rows in per_seed]) for k in (1, 2, 3)]
+                    print(f"| {corpus} | {' '.join(map(str, args.seeds))} | {model} | {sort_by} | {rule} | "
+                          + " | ".join(columns) + " |")
+                sys.stdout.flush()
 
 if __name__ == "__main__":
     run_main(main)

@@ -168,24 +168,28 @@ def test_a_corpus_without_its_recipe_is_an_error(tmp_path, monkeypatch):
 
 def test_bench_relabel_applies_train_sorts_own_rule(trained_run, tmp_path, capsys):
     """bench_relabel's counts on a run with 4 planted moves are those of train_sort's own selection, ranked by
-    best.pt and by the --score-average 1 checkpoint."""
+    best.pt and by the --score-average 1 checkpoint, with centroid and class-weight scores and centres."""
     run = tmp_path / "demo" / "seed0" / "noisy-0.2"
     plant_noise(trained_run, run)
     bench_relabel.main(["--corpus", "demo", "--seeds", "0", "--root", str(tmp_path), "--keep", "0", "50",
-                        "--margins", "0", "0.1", "--score-average", "0", "1"])
-    table = {tuple(row.split(" | ")[2:4]): [int(x) for x in row.strip(" |").split(" | ")[4:]]
+                        "--margins", "0", "0.1", "--score-average", "0", "1", "--sort-by", "centroid",
+                        "class_weight"])
+    table = {tuple(row.split(" | ")[2:5]): [int(x) for x in row.strip(" |").split(" | ")[5:]]
              for row in capsys.readouterr().out.splitlines()[2:]}
-    assert len(table) == 12 and table[("best.pt", "noisy")] == [0, 0, 4]
+    # per model: centroid noisy + 4 rules + applied 3 times; class_weight noisy + 4 rules
+    assert len(table) == 22 and table[("best.pt", "centroid", "noisy")] == [0, 0, 4]
     utts = read_train_list(run)
     noise = train_sort.read_label_noise(run, utts)
     for average, model in ((0, "best.pt"), (1, "average of the last 1")):
         trained = load_trained(train_sort.scoring_checkpoint(run, Config(score_average=average)))
         rows = train_sort.class_rows(trained, utts, run)
-        for margin in (0.0, 0.1):
-            for relabel_from in ("flagged", "all"):
-                cfg = dataclasses.replace(trained.cfg, keep=[0.0, 50.0], action="relabel", relabel_margin=margin,
-                                          relabel_from=relabel_from)
-                found = train_sort.outcome(utts, train_sort.select(trained, utts, rows, cfg, noise).labels, noise)
-                relabelled, to_true, wrong = table[(model, f"margin {margin:g}, from {relabel_from}")]
-                assert (relabelled, to_true) == (found["relabelled"], found["relabelled_to_true"])
-                assert 4 - to_true <= wrong <= 4 - to_true + relabelled
+        for sort_by in ("centroid", "class_weight"):
+            for margin in (0.0, 0.1):
+                for relabel_from in ("flagged", "all"):
+                    cfg = dataclasses.replace(trained.cfg, keep=[0.0, 50.0], action="relabel", sort_by=sort_by,
+                                              relabel_margin=margin, relabel_from=relabel_from)
+                    chosen = train_sort.select(trained, utts, rows, cfg, noise)
+                    found = train_sort.outcome(utts, chosen.labels, noise)
+                    relabelled, to_true, wrong = table[(model, sort_by, f"margin {margin:g}, from {relabel_from}")]
+                    assert (relabelled, to_true) == (found["relabelled"], found["relabelled_to_true"])
+                    assert 4 - to_true <= wrong <= 4 - to_true + relabelled
