@@ -52,8 +52,11 @@ measurements taken minutes apart on the same machine under the same load. What i
 - extraction also runs bf16 with the model compiled as `--compile on` does for extraction (dynamic shapes;
   the warm-up pass over 40 files is its compile) and the ONNX Runtime path (deploy.OnnxEmbedder on an export
   of the same weights, fp32) where onnx is installed. Target for the bf16 rows: >= 600x.
-- GPU (only where CUDA is present): batch 256 training steps, samples/s, and the GPU's utilisation
-  (torch.cuda.utilization, else nvidia-smi).
+- GPU (only where CUDA is present): batch 256 training steps on a fixed fbank batch, samples/s, and the GPU's
+  utilisation (torch.cuda.utilization, else nvidia-smi) right after them; and one epoch of train.py at batch
+  256 on the GPU fed by its DataLoader (--gpu-workers workers): the training pass's samples/s, its loader waits
+  and the GPU's mean utilisation sampled every 0.5 s through the epoch (whether the loader keeps it busy).
+  On CUDA every timed part waits for the GPU's queued kernels before and after (torch.cuda.synchronize).
 
 torch runs --threads threads (default: all CPUs). Other processes slow every number, and with OpenMP a busy
 neighbour can stretch a step several times over (threads spin at barriers for a descheduled peer): the last
@@ -64,6 +67,7 @@ Progress goes to the log on stderr; only the table goes to stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import logging
@@ -72,7 +76,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -219,21 +225,58 @@ def run_versus_worker(configs: list[str], args: argparse.Namespace) -> dict:
 
 # --- an end-to-end epoch of train.py against its model-only steps (one subprocess) -------------------------
 
-class Timed:
-    """Wraps a function of module `owner`, adding up its seconds (a probe for the epoch's breakdown)."""
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """Waits for the device's queued kernels (CUDA runs them asynchronously); nothing on a CPU."""
+    return torch.cuda.synchronize if device.type == "cuda" else lambda: None
 
-    def __init__(self, owner: object, name: str, totals: dict[str, float], when: object = None):
-        self.fn, self.name, self.totals, self.when = getattr(owner, name), name, totals, when
+
+class Timed:
+    """Wraps a function of module `owner`, adding up its seconds (a probe for the epoch's breakdown); `sync`
+    waits for the device before and after, so that a CUDA part is charged its kernels' time."""
+
+    def __init__(self, owner: object, name: str, totals: dict[str, float], when: object = None,
+                 sync: Callable[[], None] = lambda: None):
+        self.fn, self.name, self.totals, self.when, self.sync = getattr(owner, name), name, totals, when, sync
         setattr(owner, name, self)
 
     def __call__(self, *args, **kwargs):
         if self.when is not None and not self.when():
             return self.fn(*args, **kwargs)
+        self.sync()
         started = time.perf_counter()
         try:
             return self.fn(*args, **kwargs)
         finally:
+            self.sync()
             self.totals[self.name] = self.totals.get(self.name, 0.0) + time.perf_counter() - started
+
+
+class UtilisationSampler:
+    """The GPU's utilisation (gpu_utilisation) read every `every` seconds by a thread while the `with` block
+    runs: `mean` of the readings, None where none could be read (no pynvml and no nvidia-smi)."""
+
+    def __init__(self, every: float = 0.5, read: Callable[[], str] | None = None):
+        self.every, self.read, self.readings = every, read or gpu_utilisation, []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.poll, daemon=True)
+
+    def poll(self) -> None:
+        while not self.stop.wait(self.every):
+            reading = self.read()
+            if reading.endswith("%"):
+                self.readings.append(float(reading[:-1]))
+
+    def __enter__(self) -> UtilisationSampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.readings) if self.readings else None
 
 
 def epoch_worker(args: argparse.Namespace) -> dict:
@@ -253,30 +296,35 @@ def epoch_worker(args: argparse.Namespace) -> dict:
     run, _ = train.open_run(cfg, None, d)
     data = train.training_data(cfg, run, None, d)
     t = train.build_trainer(cfg, data, d, None)
+    sync = synchronizer(t.device)
     totals: dict[str, float] = {}
     for name in ("train_epoch", "forward_backward", "optimizer_step", "validate", "save_checkpoint", "write_log",
                  "write_curves"):
-        Timed(train, name, totals)
-    Timed(t.frontend, "forward", totals, lambda: t.frontend.training)  # training fbank, CMN, SpecAugment
-    feats = torch.randn(cfg.batch_size, cfg.num_frames, cfg.n_mels)  # (B, T, F)
-    labels = torch.randint(0, len(data.classes), (cfg.batch_size,))
-    model_steps = [model_step(t, feats, labels) for _ in range(args.steps + 1)][1:]
-    started = time.perf_counter()
-    train.run_epoch(t, 0, run, data)
-    epoch = time.perf_counter() - started
-    model_steps += [model_step(t, feats, labels) for _ in range(args.steps)]
-    return {"epoch": epoch, "batches": len(t.loader.batch_sampler), "model_steps": model_steps, "parts": totals,
-            "workers": cfg.num_workers, "flags": flags}
+        Timed(train, name, totals, sync=sync)
+    Timed(t.frontend, "forward", totals, lambda: t.frontend.training, sync)  # training fbank, CMN, SpecAugment
+    feats = torch.randn(cfg.batch_size, cfg.num_frames, cfg.n_mels, device=t.device)  # (B, T, F)
+    labels = torch.randint(0, len(data.classes), (cfg.batch_size,), device=t.device)
+    model_steps = [model_step(t, feats, labels, sync) for _ in range(args.steps + 1)][1:]
+    with UtilisationSampler() if t.device.type == "cuda" else contextlib.nullcontext() as sampler:
+        started = time.perf_counter()
+        train.run_epoch(t, 0, run, data)
+        epoch = time.perf_counter() - started
+    model_steps += [model_step(t, feats, labels, sync) for _ in range(args.steps)]
+    return {"epoch": epoch, "batches": len(t.loader.batch_sampler), "batch_size": cfg.batch_size,
+            "model_steps": model_steps, "parts": totals, "workers": cfg.num_workers, "flags": flags,
+            "device": str(t.device), "gpu_utilisation": sampler.mean if sampler else None}
 
 
-def model_step(t: object, feats: torch.Tensor, labels: torch.Tensor) -> float:
+def model_step(t: object, feats: torch.Tensor, labels: torch.Tensor, sync: Callable[[], None]) -> float:
     """Seconds of one training step of t (a train.Trainer) on a given fbank batch: forward, backward, Adam."""
+    sync()
     started = time.perf_counter()
     with autocast(t.device, t.precision):
         loss, _ = t.trainee(feats, labels, t.cfg.margin)
     t.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     t.optimizer.step()
+    sync()
     return time.perf_counter() - started
 
 
@@ -504,6 +552,24 @@ def epoch_rows(table: Table, args: argparse.Namespace) -> None:
                   f"{ratio:.2f}x", at_most(ratio, 1.10))
 
 
+def gpu_epoch_row(table: Table, args: argparse.Namespace) -> None:
+    """One epoch of train.py on CUDA at batch 256, fed by its own DataLoader (--gpu-workers processes reading
+    and cropping; fbank and SpecAugment on the GPU): the training pass's samples/s, the share of it spent
+    waiting for batches, and the GPU's mean utilisation sampled every 0.5 s through the epoch."""
+    flags = ["--device", "cuda", "--batch-size", "256", "--num-workers", str(args.gpu_workers)]
+    result = run_epoch_worker(args, flags)
+    parts = result["parts"]
+    waits = parts["train_epoch"] - parts["forward_backward"] - parts["optimizer_step"]
+    rate = result["batches"] * result["batch_size"] / parts["train_epoch"]
+    utilisation = result["gpu_utilisation"]
+    table.add("GPU epoch of train.py (demo corpus), batch 256, real loader", "ecapa_tdnn", "auto", "",
+              f"{args.gpu_workers} loader workers; loader waits and the loop {waits:.1f} s of the training pass's "
+              f"{parts['train_epoch']:.1f} s, validation {parts.get('validate', 0.0):.1f} s",
+              f"{result['epoch']:.1f} s", f"{rate:.0f} samples/s (training pass)",
+              f"GPU utilisation {'n/a' if utilisation is None else f'{utilisation:.0f}%'} (mean over the epoch)",
+              "")
+
+
 def gpu_rows(table: Table, args: argparse.Namespace) -> None:
     """Batch 256 training steps on CUDA (bf16 where native, the model compiled as --compile auto does there):
     samples/s, and the GPU's utilisation sampled right after the steps. Only where CUDA is present."""
@@ -590,6 +656,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training data of the epoch rows (default: %(default)s)")
     parser.add_argument("--epoch-variants", nargs="+", default=[""], metavar="FLAGS",
                         help="train.py flags of each epoch row, one quoted string each (default: one row, defaults)")
+    parser.add_argument("--gpu-workers", type=int, default=min(8, max(1, (os.cpu_count() or 2) - 2)),
+                        help="DataLoader workers of the GPU epoch row (default: CPUs - 2, at most 8)")
     parser.add_argument("--skip-allocator", action="store_true", help="no glibc-default subprocess (row A)")
     parser.add_argument("--skip-training", action="store_true", help="no A/B/C training-step rows")
     parser.add_argument("--skip-versus", action="store_true", help="no wespeaker-style comparison rows")
@@ -634,6 +702,8 @@ def main(argv: list[str] | None = None) -> None:
         extraction_rows(table, args)
     if torch.cuda.is_available():
         gpu_rows(table, args)
+        if not args.skip_epoch:
+            gpu_epoch_row(table, args)
     table.add("conditions", "", "", "", "", "", "", "",
               f"{os.cpu_count()} CPUs, {args.threads} threads, torch {torch.__version__}; train: batch "
               f"{args.batch_size} x {CROP_FRAMES} frames, fastest (median) of {args.steps} steps; 1-min load average "

@@ -3,6 +3,7 @@ channels_last paths stay finite, the precision policy picks what it says, and a 
 (No timings here: bench/bench_speed.py measures them.)"""
 
 import argparse
+import time
 import types
 
 import pytest
@@ -11,13 +12,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import utils
-from bench.bench_speed import Table, train_worker
+from bench.bench_speed import Table, Timed, UtilisationSampler, epoch_worker, train_worker
 from config import Config
 from loss import build_head
 from models import build_model
 from models.ecapa_tdnn import EcapaTdnn
 from models.pooling import AttentiveStatsPooling, mean_and_variance
 from models.resnet import ResNet
+from tests.conftest import tiny_train_args
 from utils import UserError, autocast, resolve_precision
 
 CPU = torch.device("cpu")
@@ -199,3 +201,36 @@ def test_bench_worker_times_every_configuration():
     table.step("train step", "resnet18", "bf16:fused", "configure_malloc", result, "2.00x", "")
     lines = table.markdown().splitlines()
     assert len(lines) == 3 and all(line.count("|") == len(Table.HEADER) + 1 for line in lines)
+
+
+def test_bench_epoch_worker_runs_train_pys_epoch_and_times_its_parts(tiny_corpus, tmp_path):
+    """The epoch row's subprocess side, in process on the tiny corpus: one epoch of run_epoch with its parts
+    timed, the model-only steps on the trainer's device; no GPU utilisation on a CPU."""
+    flags = tiny_train_args(tiny_corpus, tmp_path, "unused")
+    flags = flags[:flags.index("--exp-dir")] + flags[flags.index("--name") + 2:]  # the worker names the run
+    flags = [f for f in flags if f not in ("--train-data", str(tiny_corpus / "train/wav"))]
+    args = argparse.Namespace(epoch_dir=str(tmp_path / "exp"), epoch_corpus=str(tiny_corpus / "train/wav"),
+                              threads=1, steps=1, epoch_flags=" ".join(flags))
+    result = epoch_worker(args)
+    assert result["device"] == "cpu" and result["gpu_utilisation"] is None and result["batch_size"] == 8
+    assert result["batches"] > 0 and len(result["model_steps"]) == 2 and min(result["model_steps"]) > 0
+    parts = result["parts"]
+    assert {"train_epoch", "forward_backward", "optimizer_step", "validate", "save_checkpoint", "forward"} <= set(parts)
+    assert parts["forward_backward"] + parts["optimizer_step"] <= parts["train_epoch"] <= result["epoch"]
+
+
+def test_timed_waits_for_the_device_around_its_part():
+    calls, totals = [], {}
+    owner = types.SimpleNamespace(work=lambda: calls.append("work") or 7)
+    Timed(owner, "work", totals, sync=lambda: calls.append("sync"))
+    assert owner.work() == 7 and calls == ["sync", "work", "sync"] and totals["work"] >= 0
+
+
+def test_utilisation_sampler_averages_what_it_reads():
+    readings = iter(["40%", "n/a", "60%"] + ["50%"] * 1000)
+    with UtilisationSampler(every=0.01, read=lambda: next(readings)) as sampler:
+        time.sleep(0.1)
+    assert sampler.readings[:2] == [40.0, 60.0] and 40.0 <= sampler.mean <= 60.0
+    with UtilisationSampler(every=0.01, read=lambda: "n/a") as nothing:
+        time.sleep(0.05)
+    assert nothing.mean is None
