@@ -45,10 +45,11 @@ class Config:
     device: str = "auto"  # auto (cuda when present, else cpu) | cpu | cuda | cuda:N
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; fp16 on CUDA only, with a grad scaler)
     threads: int = 0  # torch intra-op CPU threads; 0 = torch's default (all cores)
-    compile: str = "auto"  # auto | on | off: torch.compile (inductor) of the model's forward. On the 2-core
-    # CPU compiling ECAPA-TDNN's training step took 57-98 s for a step of ~0.7-0.9x eager: auto compiles a training
-    # run where batches x eager step x 0.15 exceeds 100 s (not the 6-epoch demo, yes VoxCeleb), always on CUDA,
-    # and extraction from ~120 h of audio (embedding.EXTRACT_COMPILE). Checkpoints are the same either way
+    compile: str = "auto"  # auto | on | off: torch.compile (inductor) of the model's forward. auto compiles a
+    # training run whose batches x eager step x the saved share exceed the compile (embedding.COMPILE_COST): on
+    # the 2-core CPU 100 s for 15 % saved, on an H200 35 s for 10 % (neither for the 6-epoch demo, both for
+    # VoxCeleb); and extraction from ~120 h (CPU) / ~45 h (CUDA) of audio (embedding.EXTRACT_COMPILE).
+    # Checkpoints are the same either way
     resume: bool = False  # continue the newest run (or the run named by --name) from its latest checkpoint
     tensorboard: bool = False  # also write each epoch's scalars to <run>/tensorboard/ (pip install tensorboard);
     # <run>/curves.png is drawn either way (curves.py)

@@ -386,13 +386,20 @@ def save_embeddings(embeddings: dict[str, np.ndarray], paths: dict[str, str], fo
 # 0.70-0.91x the eager one (issue 16: 0.81x after 80 s), and 1.15x under a load of 9. Taken conservatively:
 CPU_COMPILE_SECONDS = 100.0  # the compile, s
 CPU_COMPILED_RATIO = 0.85  # compiled step / eager step
+# Measured on a lent NVIDIA H200 (torch 2.11, bench_speed's GPU rows; README "Speed"): a fresh compile of the same
+# step took 25 s (batch 64) and 34 s (batch 256), after which the step took 0.89x (64) and 0.66x (256) the eager
+# one, so a 6-epoch demo run (336 steps of ~20 ms) never repays it; taken conservatively:
+CUDA_COMPILE_SECONDS = 35.0
+CUDA_COMPILED_RATIO = 0.9
+COMPILE_COST = {"cpu": (CPU_COMPILE_SECONDS, CPU_COMPILED_RATIO), "cuda": (CUDA_COMPILE_SECONDS, CUDA_COMPILED_RATIO)}
 # FLOP/s (forward + backward, counted) of the eager training step per precision on that CPU, quiet (README
 # "Speed": ECAPA-TDNN 298 bf16 / 167 fp32 GFLOP/s, ResNet34 388 / 202): a step's time estimated from its FLOPs
 CPU_STEP_FLOPS = {"bf16": 300e9, "fp32": 170e9, "fp16": 170e9}
 # Extraction (read + fbank + model, dynamic shapes), per device type: (eager real-time factor, compile s,
 # compiled / eager time). CPU: 300x eager (bf16), a 102 s compile for 0.93x the time, so auto compiles from
-# ~120 h of audio on (a training-list embedding for train_sort); CUDA: unmeasured here, conservative guesses.
-EXTRACT_COMPILE = {"cpu": (300.0, 100.0, 0.93), "cuda": (20000.0, 60.0, 0.7)}
+# ~120 h of audio on (a training-list embedding for train_sort). CUDA (the H200 above, 600 files of 2-5 s,
+# batches of 32): 2951x eager (bf16), a 30 s compile for 0.44x the time, so from ~45 h of audio on.
+EXTRACT_COMPILE = {"cpu": (300.0, 100.0, 0.93), "cuda": (3000.0, 30.0, 0.45)}
 
 
 def compile_pays(steps: int, step_seconds: float, compile_seconds: float = CPU_COMPILE_SECONDS,

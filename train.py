@@ -56,8 +56,7 @@ from data.features import FrontEnd, fbank_options_from_config, frontend_from_con
 from data.samplers import BalancedSampler, EpochSampler, LossRecord, leave_out
 from distributed import Dist, broadcast, finish_distributed, init_distributed
 from embedding import (
-    CPU_COMPILE_SECONDS,
-    CPU_COMPILED_RATIO,
+    COMPILE_COST,
     CPU_STEP_FLOPS,
     Embedder,
     compile_forward,
@@ -374,26 +373,22 @@ def build_trainer(cfg: Config, data: TrainingData, d: Dist, resume_state: dict |
 def compile_for_training(t: Trainer) -> None:
     """config `compile`: the model's training forward (and backward) through torch.compile with static shapes
     (every batch is batch_size x num_frames); validation stays eager (embedding.CompiledForward). auto compiles
-    on CUDA, and on a CPU when the run's remaining batches repay the compile (embedding.compile_pays, the step's
-    time estimated from its FLOPs: a decision that neither load nor timing noise changes; rank 0's for every
+    where the run's remaining batches repay the compile (embedding.compile_pays with the device type's measured
+    compile time and saving, COMPILE_COST; the step's time from eager_step_seconds; rank 0's decision for every
     rank). The compile happens here, on a probe batch, so that its time is logged and a failure falls back to
     eager (one log line) before the first epoch."""
     cfg, model = t.cfg, t.trainee.model
     batches = (cfg.epochs - t.start_epoch) * len(t.loader.batch_sampler) - t.start_batch
     if cfg.compile == "off" or batches <= 0:
         return
-    if cfg.compile == "auto" and t.device.type != "cuda":
-        # the step's FLOPs (counted on a probe step) at the rate the default step reaches on the 2-core CPU, not a
-        # timed step: other processes' load stretches a step's wall time, and its CPU time too (threads spin at
-        # barriers), which turned the estimate towards compiling exactly when the machine was busiest
-        with FlopCounterMode(display=False) as counter:
-            probe_step(t)
-        seconds = counter.get_total_flops() / CPU_STEP_FLOPS[t.precision]
-        pays = broadcast(compile_pays(batches, seconds), t.d)
+    if cfg.compile == "auto":
+        seconds = eager_step_seconds(t)
+        compile_seconds, ratio = COMPILE_COST[t.device.type]
+        pays = broadcast(compile_pays(batches, seconds, compile_seconds, ratio), t.d)
         if t.d.main:
-            log.info("compile auto: %d batches x ~%.2f s eager, ~%.0f%% saved = %.0f s against a ~%.0f s compile: %s",
-                     batches, seconds, 100 * (1 - CPU_COMPILED_RATIO), batches * seconds * (1 - CPU_COMPILED_RATIO),
-                     CPU_COMPILE_SECONDS, "compiling" if pays else "eager")
+            log.info("compile auto: %d batches x ~%.3f s eager, ~%.0f%% saved = %.0f s against a ~%.0f s compile: %s",
+                     batches, seconds, 100 * (1 - ratio), batches * seconds * (1 - ratio), compile_seconds,
+                     "compiling" if pays else "eager")
         if not pays:
             return
     compiled = compile_forward(model, training=True, dynamic=False)
@@ -406,6 +401,20 @@ def compile_for_training(t: Trainer) -> None:
         return
     if compiled.compiled is not None and t.d.main:
         log.info("torch.compile: the training step compiled in %.0f s", seconds)
+
+
+def eager_step_seconds(t: Trainer) -> float:
+    """The eager training step's forward and backward, in seconds, for compile auto. On CUDA timed: the best of 3
+    probe steps after one warm-up (cuDNN's algorithm search, the allocator). On a CPU estimated from its FLOPs
+    (counted on a probe step) at the rate the default step reaches on the 2-core CPU, not timed: other
+    processes' load stretches a CPU step's wall time, and its CPU time too (threads spin at barriers), which
+    turned a timed estimate towards compiling exactly when the machine was busiest."""
+    if t.device.type == "cuda":
+        probe_step(t)
+        return min(probe_step(t) for _ in range(3))
+    with FlopCounterMode(display=False) as counter:
+        probe_step(t)
+    return counter.get_total_flops() / CPU_STEP_FLOPS[t.precision]
 
 
 def probe_step(t: Trainer) -> float:

@@ -52,11 +52,14 @@ measurements taken minutes apart on the same machine under the same load. What i
 - extraction also runs bf16 with the model compiled as `--compile on` does for extraction (dynamic shapes;
   the warm-up pass over 40 files is its compile) and the ONNX Runtime path (deploy.OnnxEmbedder on an export
   of the same weights, fp32) where onnx is installed. Target for the bf16 rows: >= 600x.
-- GPU (only where CUDA is present): batch 256 training steps on a fixed fbank batch, samples/s, and the GPU's
-  utilisation (torch.cuda.utilization, else nvidia-smi) right after them; and one epoch of train.py at batch
-  256 on the GPU fed by its DataLoader (--gpu-workers workers): the training pass's samples/s, its loader waits
-  and the GPU's mean utilisation sampled every 0.5 s through the epoch (whether the loader keeps it busy).
-  On CUDA every timed part waits for the GPU's queued kernels before and after (torch.cuda.synchronize).
+- GPU (only where CUDA is present; --cuda-only leaves out the CPU's rows): training steps on a fixed fbank
+  batch at each of --gpu-batches, eager against compiled (the compile timed, the steps that repay it), with
+  the GPU's utilisation (torch.cuda.utilization, else nvidia-smi) right after them; extraction on the GPU,
+  fp32, bf16 and bf16 compiled, over --gpu-extract-files files; and --gpu-epochs epochs of train.py at batch
+  256 without validation, fed by its DataLoader (one row per --gpu-workers entry): the later epochs' training
+  pass, its samples/s against the model-only step's, its loader waits and the GPU's mean utilisation sampled
+  every 0.1 s (whether the loader keeps it busy). On CUDA every timed part waits for the GPU's queued kernels
+  before and after (torch.cuda.synchronize). bench/gpu_check.sh runs these with the CUDA tests.
 
 torch runs --threads threads (default: all CPUs). Other processes slow every number, and with OpenMP a busy
 neighbour can stretch a step several times over (threads spin at barriers for a descheduled peer): the last
@@ -286,9 +289,10 @@ def epoch_worker(args: argparse.Namespace) -> dict:
     import train
     from config import build_config, make_parser, parse_args
     from distributed import init_distributed
+    from embedding import compiled
 
-    flags = ["--name", "epoch", "--exp-dir", args.epoch_dir, "--epochs", "1", "--train-data", args.epoch_corpus,
-             "--threads", str(args.threads), *args.epoch_flags.split()]
+    flags = ["--name", "epoch", "--exp-dir", args.epoch_dir, "--epochs", str(args.epoch_count), "--train-data",
+             args.epoch_corpus, "--threads", str(args.threads), *args.epoch_flags.split()]
     cfg = build_config(parse_args(flags, train.__doc__, make_parser(train.__doc__, "train.py"))[0])
     configure_malloc()
     torch.set_num_threads(args.threads)
@@ -305,14 +309,20 @@ def epoch_worker(args: argparse.Namespace) -> dict:
     feats = torch.randn(cfg.batch_size, cfg.num_frames, cfg.n_mels, device=t.device)  # (B, T, F)
     labels = torch.randint(0, len(data.classes), (cfg.batch_size,), device=t.device)
     model_steps = [model_step(t, feats, labels, sync) for _ in range(args.steps + 1)][1:]
-    with UtilisationSampler() if t.device.type == "cuda" else contextlib.nullcontext() as sampler:
-        started = time.perf_counter()
-        train.run_epoch(t, 0, run, data)
-        epoch = time.perf_counter() - started
+    epochs, parts, utilisation = [], [], []
+    for epoch in range(args.epoch_count):
+        before = dict(totals)
+        with UtilisationSampler(0.1) if t.device.type == "cuda" else contextlib.nullcontext() as sampler:
+            started = time.perf_counter()
+            train.run_epoch(t, epoch, run, data)
+            epochs.append(time.perf_counter() - started)
+        parts.append({k: v - before.get(k, 0.0) for k, v in totals.items()})
+        utilisation.append(sampler.mean if sampler else None)
     model_steps += [model_step(t, feats, labels, sync) for _ in range(args.steps)]
-    return {"epoch": epoch, "batches": len(t.loader.batch_sampler), "batch_size": cfg.batch_size,
-            "model_steps": model_steps, "parts": totals, "workers": cfg.num_workers, "flags": flags,
-            "device": str(t.device), "gpu_utilisation": sampler.mean if sampler else None}
+    return {"epoch": epochs[0], "epochs": epochs, "batches": len(t.loader.batch_sampler), "batch_size":
+            cfg.batch_size, "model_steps": model_steps, "parts": parts[0], "parts_each": parts,
+            "workers": cfg.num_workers, "flags": flags, "device": str(t.device), "gpu_utilisation": utilisation[0],
+            "gpu_utilisation_each": utilisation, "compiled": compiled(t.trainee.model)}
 
 
 def model_step(t: object, feats: torch.Tensor, labels: torch.Tensor, sync: Callable[[], None]) -> float:
@@ -328,11 +338,11 @@ def model_step(t: object, feats: torch.Tensor, labels: torch.Tensor, sync: Calla
     return time.perf_counter() - started
 
 
-def run_epoch_worker(args: argparse.Namespace, flags: list[str]) -> dict:
+def run_epoch_worker(args: argparse.Namespace, flags: list[str], epochs: int = 1) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_epoch_") as tmp:
         command = [sys.executable, "-m", "bench.bench_speed", "--worker", "--epoch", "--epoch-dir", tmp,
                    "--epoch-corpus", args.epoch_corpus, "--steps", str(args.steps), "--threads", str(args.threads),
-                   f"--epoch-flags={' '.join(flags)}"]
+                   "--epoch-count", str(epochs), f"--epoch-flags={' '.join(flags)}"]
         log.info("epoch of train.py on %s, %s (subprocess)", args.epoch_corpus, " ".join(flags) or "defaults")
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -384,24 +394,28 @@ def write_random_audio(folder: Path, count: int, rng: np.random.Generator) -> di
     return paths
 
 
-def extraction_embedders(args: argparse.Namespace, tmp: Path) -> dict[str, tuple[object, str]]:
-    """The extraction configurations: name -> (embedder, the GEMM precision it is normalised by). fp32, bf16,
-    bf16 with the model compiled as `--compile on` compiles extraction (dynamic shapes, unless
-    --skip-compile), and the ONNX Runtime path (deploy.OnnxEmbedder, fp32; where onnx is installed)."""
+def extraction_embedders(args: argparse.Namespace, tmp: Path, device: torch.device = CPU
+                         ) -> dict[str, tuple[object, str]]:
+    """The extraction configurations on `device`: name -> (embedder, the GEMM precision it is normalised by).
+    fp32, bf16, bf16 with the model compiled as `--compile on` compiles extraction (dynamic shapes, unless
+    --skip-compile), and on the CPU the ONNX Runtime path (deploy.OnnxEmbedder, fp32; where onnx is
+    installed)."""
     from data.features import frontend_from_config
     from deploy import OnnxEmbedder, WaveEmbedding, export_onnx, onnx_session
     from embedding import Embedder, Extraction
 
     cfg = Config(model="ecapa_tdnn", sample_rate=SAMPLE_RATE)
     torch.manual_seed(args.seed)
-    model = build_model(cfg.model, n_mels=cfg.n_mels).eval()
-    frontend = frontend_from_config(cfg).eval()
+    model = build_model(cfg.model, n_mels=cfg.n_mels).eval().to(device)
+    frontend = frontend_from_config(cfg).eval().to(device)
     extraction = Extraction(batch_size=args.eval_batch_size, bucket_crop=args.bucket_crop)
-    embedders = {p: (Embedder(model, frontend, CPU, p, extraction), p) for p in ("fp32", "bf16")}
+    embedders = {p: (Embedder(model, frontend, device, p, extraction, compile="off"), p) for p in ("fp32", "bf16")}
     if not args.skip_compile:
-        twin = build_model(cfg.model, n_mels=cfg.n_mels).eval()
+        twin = build_model(cfg.model, n_mels=cfg.n_mels).eval().to(device)
         twin.load_state_dict(model.state_dict())
-        embedders["bf16 compiled"] = (Embedder(twin, frontend, CPU, "bf16", extraction, compile="on"), "bf16")
+        embedders["bf16 compiled"] = (Embedder(twin, frontend, device, "bf16", extraction, compile="on"), "bf16")
+    if device.type != "cpu":
+        return embedders
     try:
         path = tmp / "model.onnx"
         export_onnx(WaveEmbedding(frontend, model).eval(), 0.1 * torch.randn(2, 3 * SAMPLE_RATE), path, {})
@@ -412,8 +426,8 @@ def extraction_embedders(args: argparse.Namespace, tmp: Path) -> dict[str, tuple
     return embedders
 
 
-def extraction_rtfs(args: argparse.Namespace) -> tuple[dict[str, float], dict[str, str], dict[str, float], float,
-                                                        int, dict[str, float]]:
+def extraction_rtfs(args: argparse.Namespace, device: torch.device = CPU
+                    ) -> tuple[dict[str, float], dict[str, str], dict[str, float], float, int, dict[str, float]]:
     """Real-time factor of embedding.Embedder.extract (ECAPA-TDNN C=512) per configuration, the best of
     --passes passes, each over its own random files (so every pass meets new lengths); each configuration's
     GEMM precision; the GEMM rates measured around the passes; the seconds of audio and the number of files of
@@ -424,8 +438,9 @@ def extraction_rtfs(args: argparse.Namespace) -> tuple[dict[str, float], dict[st
     rng = np.random.default_rng(args.seed)
     gemm = Gemm()
     with tempfile.TemporaryDirectory(prefix="bench_speed_") as tmp:
-        embedders = extraction_embedders(args, Path(tmp))
+        embedders = extraction_embedders(args, Path(tmp), device)
         rtfs, warmup = dict.fromkeys(embedders, 0.0), {}
+        files = args.extract_files if device.type == "cpu" else args.gpu_extract_files
         warm_files = write_random_audio(Path(tmp) / "warmup", 40, rng)  # several batch sizes and lengths
         for name, (embedder, _) in embedders.items():
             started = time.perf_counter()
@@ -433,18 +448,23 @@ def extraction_rtfs(args: argparse.Namespace) -> tuple[dict[str, float], dict[st
             warmup[name] = time.perf_counter() - started
             log.info("extraction %s: warm-up %.1f s", name, warmup[name])
         for i in range(args.passes):
-            paths = write_random_audio(Path(tmp) / f"pass{i}", args.extract_files, rng)
+            paths = write_random_audio(Path(tmp) / f"pass{i}", files, rng)
             seconds = sum(soundfile.info(p).duration for p in paths.values())
             log.info("extraction pass %d: %d files, %.0f s of audio, batches of %d, bucket_crop %g", i + 1,
                      len(paths), seconds, args.eval_batch_size, args.bucket_crop)
             for name, (embedder, _) in embedders.items():
-                gemm.measure(2)
+                if device.type == "cpu":
+                    gemm.measure(2)
+                sync = synchronizer(device)
+                sync()
                 started = time.perf_counter()
                 embedder.extract(paths)  # no cache: every call extracts
+                sync()
                 rtf = seconds / (time.perf_counter() - started)
                 rtfs[name] = max(rtfs[name], rtf)
                 log.info("extraction %s: %.0fx real time", name, rtf)
-        gemm.measure(2)
+        if device.type == "cpu":
+            gemm.measure(2)
     precisions = {name: precision for name, (_, precision) in embedders.items()}
     return rtfs, precisions, gemm.rates, seconds, len(paths), warmup
 
@@ -553,58 +573,100 @@ def epoch_rows(table: Table, args: argparse.Namespace) -> None:
 
 
 def gpu_epoch_row(table: Table, args: argparse.Namespace) -> None:
-    """One epoch of train.py on CUDA at batch 256, fed by its own DataLoader (--gpu-workers processes reading
-    and cropping; fbank and SpecAugment on the GPU): the training pass's samples/s, the share of it spent
-    waiting for batches, and the GPU's mean utilisation sampled every 0.5 s through the epoch."""
-    flags = ["--device", "cuda", "--batch-size", "256", "--num-workers", str(args.gpu_workers)]
-    result = run_epoch_worker(args, flags)
-    parts = result["parts"]
-    waits = parts["train_epoch"] - parts["forward_backward"] - parts["optimizer_step"]
-    rate = result["batches"] * result["batch_size"] / parts["train_epoch"]
-    utilisation = result["gpu_utilisation"]
-    table.add("GPU epoch of train.py (demo corpus), batch 256, real loader", "ecapa_tdnn", "auto", "",
-              f"{args.gpu_workers} loader workers; loader waits and the loop {waits:.1f} s of the training pass's "
-              f"{parts['train_epoch']:.1f} s, validation {parts.get('validate', 0.0):.1f} s",
-              f"{result['epoch']:.1f} s", f"{rate:.0f} samples/s (training pass)",
-              f"GPU utilisation {'n/a' if utilisation is None else f'{utilisation:.0f}%'} (mean over the epoch)",
-              "")
+    """--gpu-epochs epochs of train.py on CUDA at batch 256 without validation (the training pass, checkpoint and
+    log), fed by its own DataLoader (--gpu-workers processes reading and cropping; fbank and SpecAugment on the
+    GPU), the model as --compile auto leaves it; one row per --gpu-workers entry. After the first epoch (the
+    workers' start) the loader's workers are warm (persistent): the later epochs' training pass gives the
+    samples/s, the share of it spent waiting for batches and the GPU's mean utilisation (sampled every 0.1 s),
+    against the model-only step on a fixed batch in the same process."""
+    for workers in args.gpu_workers:
+        flags = ["--device", "cuda", "--batch-size", "256", "--num-workers", str(workers), "--val-trials="]
+        result = run_epoch_worker(args, flags, args.gpu_epochs)
+        later = result["parts_each"][1:] or result["parts_each"]
+        passes = sum(p["train_epoch"] for p in later)
+        waits = sum(p["train_epoch"] - p["forward_backward"] - p["optimizer_step"] for p in later)
+        rate = len(later) * result["batches"] * result["batch_size"] / passes
+        step_rate = result["batch_size"] / statistics.median(result["model_steps"])
+        readings = [u for u in result["gpu_utilisation_each"][1:] if u is not None]
+        utilisation = f"{statistics.fmean(readings):.0f}%" if readings else "n/a"
+        first = result["parts_each"][0]["train_epoch"]
+        table.add("GPU epochs of train.py (demo corpus), batch 256, real loader", "ecapa_tdnn", "auto", "",
+                  f"{workers} loader workers, {'compiled' if result['compiled'] else 'eager'}; epochs 2-"
+                  f"{len(result['epochs'])}: loader waits and the loop {waits:.2f} s of the training passes' "
+                  f"{passes:.2f} s (epoch 1, the workers' start: {first:.1f} s)",
+                  f"{passes / len(later):.2f} s a pass", f"{rate:.0f} samples/s (training pass)",
+                  f"{rate / step_rate:.2f}x the model-only step's {step_rate:.0f} samples/s; GPU utilisation "
+                  f"{utilisation}", "")
 
 
 def gpu_rows(table: Table, args: argparse.Namespace) -> None:
-    """Batch 256 training steps on CUDA (bf16 where native, the model compiled as --compile auto does there):
-    samples/s, and the GPU's utilisation sampled right after the steps. Only where CUDA is present."""
+    """Training steps on CUDA on a fixed fbank batch (--speakers AAM classes, fused Adam, bf16 where native),
+    eager against the model compiled as train.py's --compile on does (static shapes), at each of --gpu-batches
+    (256 and the recipe's 64): samples/s of each, the compile's seconds and the steps that repay it. After the
+    warm-up (the compiled one's first step is its compile, timed) the two alternate in rounds of 10 steps,
+    --gpu-rounds rounds, the median round taken; the GPU's utilisation is read right after the rounds."""
     from embedding import compile_forward
     from utils import resolve_precision
 
     device = torch.device("cuda")
     precision = resolve_precision("auto", device)
-    model = build_model("ecapa_tdnn", n_mels=N_MELS).to(device).train()
-    if not args.skip_compile:
-        compile_forward(model, training=True, dynamic=False)
-    head = build_head("aam", embed_dim=model.embed_dim, num_speakers=args.speakers, margin=0.2, scale=30.0).to(device)
-    optimizer = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=1e-4, fused=True)
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-    feats = torch.randn(256, CROP_FRAMES, N_MELS, device=device)
-    labels = torch.randint(0, args.speakers, (256,), device=device)
+    configs = ["eager"] + ([] if args.skip_compile else ["compiled"])
+    for batch in args.gpu_batches:
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+        feats = torch.randn(batch, CROP_FRAMES, N_MELS, device=device, generator=generator)  # (B, T, F)
+        labels = torch.randint(0, args.speakers, (batch,), device=device, generator=generator)
+        steps, warmup = {}, {}
+        for config in configs:
+            torch.manual_seed(args.seed)
+            model = build_model("ecapa_tdnn", n_mels=N_MELS).to(device).train()
+            if config == "compiled" and compile_forward(model, training=True, dynamic=False) is None:
+                raise RuntimeError("torch.compile unavailable")
+            head = build_head("aam", embed_dim=model.embed_dim, num_speakers=args.speakers, margin=0.2,
+                              scale=30.0).to(device)
+            optimizer = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=1e-4, fused=True)
+            scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+            steps[config] = functools.partial(cuda_step, model, head, optimizer, scaler, feats, labels, precision)
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            steps[config]()
+            torch.cuda.synchronize()
+            warmup[config] = time.perf_counter() - started
+            for _ in range(2):
+                steps[config]()
+            log.info("GPU batch %d, %s: first step %.1f s", batch, config, warmup[config])
+        rounds: dict[str, list[float]] = {c: [] for c in configs}
+        for _ in range(args.gpu_rounds):
+            for config in configs:
+                torch.cuda.synchronize()
+                started = time.perf_counter()
+                for _ in range(10):
+                    steps[config]()
+                torch.cuda.synchronize()
+                rounds[config].append((time.perf_counter() - started) / 10)
+        utilisation = gpu_utilisation()
+        eager = statistics.median(rounds["eager"])
+        for config in configs:
+            seconds = statistics.median(rounds[config])
+            setting = f"{torch.cuda.get_device_name()}, AAM {args.speakers}, fused Adam, {config}"
+            ratio = ""
+            if config == "compiled":
+                setting += f"; compile {warmup[config]:.0f} s"
+                saved = eager - seconds
+                repay = f"repaid after {warmup[config] / saved:.0f} steps" if saved > 0 else "never repaid"
+                ratio = f"{seconds / eager:.2f}x eager's step time; {repay}"
+            table.add(f"GPU train step, batch {batch}", "ecapa_tdnn", precision, "", setting,
+                      f"{1000 * seconds:.1f} ms", f"{batch / seconds:.0f} samples/s", ratio or
+                      f"GPU utilisation {utilisation} (after the rounds)", "")
 
-    def step() -> None:
-        with autocast(device, precision):
-            loss, _ = head(model(feats), labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
 
-    for _ in range(3):  # warm-up (and the compile)
-        step()
-    torch.cuda.synchronize()
-    started, count = time.perf_counter(), max(20, 4 * args.steps)
-    for _ in range(count):
-        step()
-    torch.cuda.synchronize()
-    rate = 256 * count / (time.perf_counter() - started)
-    table.add("GPU train step, batch 256", "ecapa_tdnn", precision, "", torch.cuda.get_device_name(),
-              "", f"{rate:.0f} samples/s", f"GPU utilisation {gpu_utilisation()}", "")
+def cuda_step(model: nn.Module, head: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+              feats: torch.Tensor, labels: torch.Tensor, precision: str) -> None:
+    with autocast(feats.device, precision):
+        loss, _ = head(model(feats), labels)  # (B, T, F) -> loss
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def gpu_utilisation() -> str:
@@ -634,6 +696,19 @@ def extraction_rows(table: Table, args: argparse.Namespace) -> None:
                   verdict(rtf, 600) if name != "fp32" else "")
 
 
+def gpu_extraction_rows(table: Table, args: argparse.Namespace) -> None:
+    """Extraction on CUDA (files read and cut on the CPU, fbank and model on the GPU): fp32, bf16, and bf16
+    compiled as `--compile on` compiles extraction (dynamic shapes), over --gpu-extract-files files a pass."""
+    rtfs, _, _, seconds, files, warmup = extraction_rtfs(args, torch.device("cuda"))
+    setting = (f"{torch.cuda.get_device_name()}; {files} files of 2-5 s, batch {args.eval_batch_size}, "
+               f"bucket_crop {args.bucket_crop:g}")
+    for name, rtf in rtfs.items():
+        compile_note = f"; compile (warm-up) {warmup[name]:.0f} s" if "compiled" in name else ""
+        ratio = f"{rtf / rtfs['bf16']:.2f}x bf16 eager" if "compiled" in name else ""
+        table.add("GPU extraction (read + fbank + model)", "ecapa_tdnn", name, "", setting + compile_note,
+                  f"{seconds / rtf:.2f} s for {seconds:.0f} s of audio", f"{rtf:.0f}x real time", ratio, "")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("--models", nargs="+", default=["ecapa_tdnn", "resnet34"], choices=list(MODELS),
@@ -656,8 +731,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training data of the epoch rows (default: %(default)s)")
     parser.add_argument("--epoch-variants", nargs="+", default=[""], metavar="FLAGS",
                         help="train.py flags of each epoch row, one quoted string each (default: one row, defaults)")
-    parser.add_argument("--gpu-workers", type=int, default=min(8, max(1, (os.cpu_count() or 2) - 2)),
-                        help="DataLoader workers of the GPU epoch row (default: CPUs - 2, at most 8)")
+    parser.add_argument("--gpu-workers", type=int, nargs="+", default=[min(8, max(1, (os.cpu_count() or 2) - 2))],
+                        help="DataLoader workers of each GPU epoch row (default: CPUs - 2, at most 8)")
+    parser.add_argument("--gpu-epochs", type=int, default=4,
+                        help="epochs of the GPU epoch rows, the first (the workers' start) left out (default: 4)")
+    parser.add_argument("--gpu-batches", type=int, nargs="+", default=[256, 64],
+                        help="batch sizes of the GPU step rows (default: 256 64)")
+    parser.add_argument("--gpu-rounds", type=int, default=5,
+                        help="rounds of 10 steps, eager and compiled alternating, of the GPU step rows (default: 5)")
+    parser.add_argument("--gpu-extract-files", type=int, default=1000,
+                        help="random wav files per extraction pass of the GPU rows (default: %(default)s)")
+    parser.add_argument("--cuda-only", action="store_true",
+                        help="only the GPU rows (and the GEMM reference): none of the CPU's")
     parser.add_argument("--skip-allocator", action="store_true", help="no glibc-default subprocess (row A)")
     parser.add_argument("--skip-training", action="store_true", help="no A/B/C training-step rows")
     parser.add_argument("--skip-versus", action="store_true", help="no wespeaker-style comparison rows")
@@ -670,6 +755,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epoch", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--epoch-dir", help=argparse.SUPPRESS)
     parser.add_argument("--epoch-flags", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--epoch-count", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--configs", nargs="+", default=["fp32:fused", "bf16:fused"], help=argparse.SUPPRESS)
     parser.add_argument("--malloc", choices=("default", "tuned"), default="tuned", help=argparse.SUPPRESS)
     return parser
@@ -692,16 +778,22 @@ def main(argv: list[str] | None = None) -> None:
     for precision, rate in gemm.items():
         table.add("GEMM: 1x1 Conv1d 512->1536, 64 x 200 frames", "", precision, "", "", "", f"{rate:.0f} GFLOP/s",
                   f"{rate / gemm['fp32']:.2f}x fp32" if precision != "fp32" else "")
-    if not args.skip_training:
+    if args.cuda_only and not torch.cuda.is_available():
+        raise SystemExit("bench_speed: --cuda-only, but CUDA is not available here")
+    cpu = not args.cuda_only
+    if cpu and not args.skip_training:
         train_rows(table, args)
-    if not args.skip_versus:
+    if cpu and not args.skip_versus:
         versus_rows(table, args)
-    if not args.skip_epoch:
+    if cpu and not args.skip_epoch:
         epoch_rows(table, args)
-    if not args.skip_extraction:
+    if cpu and not args.skip_extraction:
         extraction_rows(table, args)
     if torch.cuda.is_available():
-        gpu_rows(table, args)
+        if not args.skip_training:
+            gpu_rows(table, args)
+        if not args.skip_extraction:
+            gpu_extraction_rows(table, args)
         if not args.skip_epoch:
             gpu_epoch_row(table, args)
     table.add("conditions", "", "", "", "", "", "", "",

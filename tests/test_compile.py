@@ -5,6 +5,7 @@ the run below traces with dynamo and AOTAutograd but the "aot_eager" backend, no
 
 import functools
 import logging
+import types
 
 import pytest
 import torch
@@ -81,6 +82,23 @@ def test_torch_compile_unavailable_leaves_the_module_eager(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="voiceprint"):
         assert compile_forward(model, training=True, dynamic=False) is None
     assert "forward" not in vars(model) and len(caplog.records) == 1
+
+
+@pytest.mark.parametrize("epochs, batches, expected", [(6, 56, False), (80, 16_000, True)])
+def test_compile_auto_on_cuda_times_the_eager_step(monkeypatch, caplog, epochs, batches, expected):
+    """On CUDA auto times the eager step (the best of 3 probe steps after a warm-up) and compiles only a run long
+    enough to repay CUDA's compile: not the demo's 6 x 56 steps of 20 ms, yes VoxCeleb2's epochs."""
+    probes, compiles = [], []
+    monkeypatch.setattr(train, "probe_step", lambda t: probes.append(t) or 0.02)
+    monkeypatch.setattr(train, "compile_forward", lambda model, training, dynamic: compiles.append(model))
+    t = types.SimpleNamespace(cfg=Config(compile="auto", epochs=epochs), trainee=types.SimpleNamespace(model="m"),
+                              loader=types.SimpleNamespace(batch_sampler=range(batches)), start_epoch=0,
+                              start_batch=0, device=torch.device("cuda"), d=types.SimpleNamespace(main=True,
+                                                                                                  distributed=False))
+    with caplog.at_level(logging.INFO, logger="voiceprint"):
+        train.compile_for_training(t)
+    assert len(probes) == 4 and compiles == (["m"] if expected else [])
+    assert f"compile auto: {epochs * batches} batches x ~0.020 s eager" in caplog.text
 
 
 @pytest.mark.parametrize("setting, device, audio_hours, expected", [

@@ -20,9 +20,11 @@ from tests.conftest import subprocess_env, tiny_train_args
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
-def test_training_on_cuda(tiny_corpus, tmp_path, precision):
-    args = tiny_train_args(tiny_corpus, tmp_path, precision, "--device", "cuda", "--precision", precision)
+@pytest.mark.parametrize(("precision", "compile_"), [("fp32", "off"), ("bf16", "on"), ("fp16", "off")])
+def test_training_on_cuda(tiny_corpus, tmp_path, precision, compile_):
+    """Each precision trains and checkpoints; the bf16 run with the model compiled (inductor on CUDA)."""
+    args = tiny_train_args(tiny_corpus, tmp_path, precision, "--device", "cuda", "--precision", precision,
+                           "--compile", compile_)
     exp = train.main(args)
     state = torch.load(exp / "checkpoints" / "epoch_0002.pt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
@@ -51,7 +53,7 @@ def test_nccl_ddp_single_gpu(tiny_corpus, tmp_path):
     root = Path(__file__).resolve().parents[1]
     count = torch.cuda.device_count()
     args = tiny_train_args(tiny_corpus, tmp_path, "ddp", "--epochs", "1", "--batch-size", "4", "--device", "cuda",
-                           "--checkpoint-every", "2")  # the mid-epoch gather of the running totals, over nccl
+                           "--compile", "off", "--checkpoint-every", "2")  # a mid-epoch gather of running totals
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={count}",
                            "--standalone", str(root / "train.py"), *args], cwd=root,
                           env=subprocess_env(),

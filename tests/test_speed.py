@@ -204,19 +204,22 @@ def test_bench_worker_times_every_configuration():
 
 
 def test_bench_epoch_worker_runs_train_pys_epoch_and_times_its_parts(tiny_corpus, tmp_path):
-    """The epoch row's subprocess side, in process on the tiny corpus: one epoch of run_epoch with its parts
-    timed, the model-only steps on the trainer's device; no GPU utilisation on a CPU."""
+    """The epoch rows' subprocess side, in process on the tiny corpus: two epochs of run_epoch with each one's
+    parts timed, the model-only steps on the trainer's device; no GPU utilisation on a CPU."""
     flags = tiny_train_args(tiny_corpus, tmp_path, "unused")
     flags = flags[:flags.index("--exp-dir")] + flags[flags.index("--name") + 2:]  # the worker names the run
     flags = [f for f in flags if f not in ("--train-data", str(tiny_corpus / "train/wav"))]
     args = argparse.Namespace(epoch_dir=str(tmp_path / "exp"), epoch_corpus=str(tiny_corpus / "train/wav"),
-                              threads=1, steps=1, epoch_flags=" ".join(flags))
+                              threads=1, steps=1, epoch_flags=" ".join(flags + ["--compile", "off"]), epoch_count=2)
     result = epoch_worker(args)
-    assert result["device"] == "cpu" and result["gpu_utilisation"] is None and result["batch_size"] == 8
+    assert result["device"] == "cpu" and result["gpu_utilisation_each"] == [None, None] and result["batch_size"] == 8
     assert result["batches"] > 0 and len(result["model_steps"]) == 2 and min(result["model_steps"]) > 0
-    parts = result["parts"]
-    assert {"train_epoch", "forward_backward", "optimizer_step", "validate", "save_checkpoint", "forward"} <= set(parts)
-    assert parts["forward_backward"] + parts["optimizer_step"] <= parts["train_epoch"] <= result["epoch"]
+    assert len(result["epochs"]) == len(result["parts_each"]) == 2 and not result["compiled"]
+    assert result["parts"] == result["parts_each"][0] and result["epoch"] == result["epochs"][0]
+    for parts, seconds in zip(result["parts_each"], result["epochs"]):
+        assert {"train_epoch", "forward_backward", "optimizer_step", "validate", "save_checkpoint",
+                "forward"} <= set(parts)
+        assert 0 < parts["forward_backward"] + parts["optimizer_step"] <= parts["train_epoch"] <= seconds
 
 
 def test_timed_waits_for_the_device_around_its_part():
