@@ -575,12 +575,13 @@ def epoch_rows(table: Table, args: argparse.Namespace) -> None:
 def gpu_epoch_row(table: Table, args: argparse.Namespace) -> None:
     """--gpu-epochs epochs of train.py on CUDA at batch 256 without validation (the training pass, checkpoint and
     log), fed by its own DataLoader (--gpu-workers processes reading and cropping; fbank and SpecAugment on the
-    GPU), the model as --compile auto leaves it; one row per --gpu-workers entry. After the first epoch (the
-    workers' start) the loader's workers are warm (persistent): the later epochs' training pass gives the
-    samples/s, the share of it spent waiting for batches and the GPU's mean utilisation (sampled every 0.1 s),
-    against the model-only step on a fixed batch in the same process."""
+    GPU), the model compiled; one row per --gpu-workers entry. After the first epoch (the workers' start) the
+    loader's workers are warm (persistent): the later epochs' training pass gives the samples/s, the share of it
+    spent waiting for batches and the GPU's mean utilisation (sampled every 0.1 s), against the model-only step
+    on a fixed batch in the same process."""
     for workers in args.gpu_workers:
-        flags = ["--device", "cuda", "--batch-size", "256", "--num-workers", str(workers), "--val-trials="]
+        flags = ["--device", "cuda", "--batch-size", "256", "--num-workers", str(workers), "--val-trials=",
+                 "--compile", "on"]  # the fastest step: the hardest for the loader to keep busy
         result = run_epoch_worker(args, flags, args.gpu_epochs)
         later = result["parts_each"][1:] or result["parts_each"]
         passes = sum(p["train_epoch"] for p in later)
@@ -762,7 +763,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cuda_only and not torch.cuda.is_available():
+        parser.error("--cuda-only: CUDA is not available here")
+    for name in ("gpu_epochs", "gpu_rounds", "gpu_extract_files"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(args, name)}")
+    if min(args.gpu_batches) < 1 or min(args.gpu_workers) < 0:
+        parser.error("--gpu-batches must be at least 1 and --gpu-workers at least 0")
     if args.worker:
         worker = versus_worker if args.versus else epoch_worker if args.epoch else train_worker
         print(json.dumps(worker(args)))
@@ -778,8 +787,6 @@ def main(argv: list[str] | None = None) -> None:
     for precision, rate in gemm.items():
         table.add("GEMM: 1x1 Conv1d 512->1536, 64 x 200 frames", "", precision, "", "", "", f"{rate:.0f} GFLOP/s",
                   f"{rate / gemm['fp32']:.2f}x fp32" if precision != "fp32" else "")
-    if args.cuda_only and not torch.cuda.is_available():
-        raise SystemExit("bench_speed: --cuda-only, but CUDA is not available here")
     cpu = not args.cuda_only
     if cpu and not args.skip_training:
         train_rows(table, args)
