@@ -14,6 +14,7 @@ is one migration, not every old checkpoint made unloadable.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -124,8 +125,15 @@ def save_checkpoint(run: Path, state: dict, keep: int, is_best: bool) -> Path:
 
 
 def copy_best(checkpoint: Path) -> None:
+    """checkpoints/best.pt as the same file as `checkpoint`, atomically: a hard link (no second write of the
+    checkpoint; a checkpoint file is only ever replaced, never written in place, so the two names cannot
+    diverge, and removing the epoch file leaves best.pt whole), or a copy where the file system has none."""
     with atomic_path(checkpoint.parent / "best.pt") as tmp:
-        shutil.copyfile(checkpoint, tmp)
+        tmp.unlink()
+        try:
+            os.link(checkpoint, tmp)
+        except OSError:
+            shutil.copyfile(checkpoint, tmp)
 
 
 def restore_best(run: Path, state: dict) -> None:

@@ -421,18 +421,19 @@ def fill(disk: Path, leave: int) -> Path:
 
 
 def test_disk_full_is_one_line_nothing_torn_and_the_run_resumes(tiny_corpus, trained_run, small_disk):
-    """Room for 2.5 checkpoints: 2 epochs without validation write epoch_0001.pt and epoch_0002.pt, and the
-    copy of the last to best.pt finds the disk full. Then every other kind of write on the full disk (torch.save,
-    text, a row appended to results.md): one line each, nothing left behind. Then the run resumes."""
+    """Room for 1.5 checkpoints: 2 epochs without validation write epoch_0001.pt, and epoch_0002.pt finds the
+    disk full. Then every other kind of write on the full disk (torch.save, text, a row appended to
+    results.md): one line each, nothing left behind. Then the run resumes. (best.pt, a hard link to its epoch's
+    file, takes no room of its own.)"""
     size = (trained_run / "checkpoints/epoch_0001.pt").stat().st_size
-    ballast = fill(small_disk, int(2.5 * size))
+    ballast = fill(small_disk, int(1.5 * size))
     args = tiny_train_args(tiny_corpus, small_disk, "run", "--val-trials", "", "--test-trials")
     proc = run_script(["train.py", *args], small_disk)
     assert proc.returncode == 2, proc.stderr[-3000:]
     [line] = error_lines(proc.stderr)
     best = small_disk / "run/checkpoints/best.pt"
-    assert line.startswith(f"train.py: error: {best}: no space left on device (")
-    assert torch.load(small_disk / "run/checkpoints/epoch_0002.pt", weights_only=True)["epoch"] == 2  # intact
+    assert line.startswith(f"train.py: error: {small_disk}/run/checkpoints/epoch_0002.pt: no space left on device (")
+    assert torch.load(small_disk / "run/checkpoints/epoch_0001.pt", weights_only=True)["epoch"] == 1  # intact
     state = torch.load(trained_run / "checkpoints/epoch_0001.pt", weights_only=True)
     table = small_disk / "results.md"
     append_table_row(table, ["run"], {"run": "a"})

@@ -120,3 +120,20 @@ def test_a_schema_4_checkpoint_loads_with_an_empty_loss_record(trained_run, tmp_
     loaded = load_checkpoint(tmp_path / "old.pt")
     assert loaded["schema"] == 5 and loaded["loss_record"] is None
     assert load_trained(tmp_path / "old.pt").epoch == 1
+
+
+@pytest.mark.parametrize("links", [True, False])
+def test_best_pt_is_the_best_epochs_file_and_outlives_its_removal(tmp_path, monkeypatch, links):
+    """best.pt is a hard link to the best epoch's checkpoint (no second write), or a copy where the file system
+    has no hard links; either way it stays whole when keep_checkpoints removes the epoch file."""
+    if not links:
+        monkeypatch.setattr("runs.os.link", lambda *a: (_ for _ in ()).throw(OSError("no hard links here")))
+    best = tmp_path / "checkpoints" / "best.pt"
+    save_checkpoint(tmp_path, {"epoch": 1, "weights": torch.arange(4.0)}, 1, is_best=True)
+    epoch_1 = tmp_path / "checkpoints" / "epoch_0001.pt"
+    assert best.read_bytes() == epoch_1.read_bytes() and best.samefile(epoch_1) is links
+    save_checkpoint(tmp_path, {"epoch": 2, "weights": torch.zeros(4)}, 1, is_best=False)  # removes epoch 1
+    assert not epoch_1.exists() and torch.equal(torch.load(best, weights_only=True)["weights"], torch.arange(4.0))
+    save_checkpoint(tmp_path, {"epoch": 3, "weights": torch.ones(4)}, 1, is_best=True)
+    assert torch.equal(torch.load(best, weights_only=True)["weights"], torch.ones(4))
+    assert sorted(p.name for p in best.parent.iterdir()) == ["best.pt", "epoch_0003.pt"]  # no temporary left
