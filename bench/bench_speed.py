@@ -601,17 +601,20 @@ def gpu_epoch_row(table: Table, args: argparse.Namespace) -> None:
 
 
 def gpu_rows(table: Table, args: argparse.Namespace) -> None:
-    """Training steps on CUDA on a fixed fbank batch (--speakers AAM classes, fused Adam, bf16 where native),
-    eager against the model compiled as train.py's --compile on does (static shapes), at each of --gpu-batches
-    (256 and the recipe's 64): samples/s of each, the compile's seconds and the steps that repay it. After the
-    warm-up (the compiled one's first step is its compile, timed) the two alternate in rounds of 10 steps,
-    --gpu-rounds rounds, the median round taken; the GPU's utilisation is read right after the rounds."""
+    """Training steps on CUDA on a fixed fbank batch (--speakers AAM classes), at each of --gpu-batches (256 and
+    the recipe's 64): the default step (bf16 where native, fused Adam) eager, and with the model compiled as
+    train.py's --compile on does (static shapes), against the wespeaker-style step (fp32 under torch's defaults,
+    the literal attentive pooling, torch's default Adam; the versus rows' reference): samples/s of each, the
+    compile's seconds and the steps that repay it. After the warm-up (the compiled one's first step is its
+    compile, timed) the configurations alternate in rounds of 10 steps, --gpu-rounds rounds, the median round
+    taken; the GPU's utilisation is read right after the rounds."""
     from embedding import compile_forward
+    from tests.test_speed import ReferencePooling
     from utils import resolve_precision
 
     device = torch.device("cuda")
-    precision = resolve_precision("auto", device)
-    configs = ["eager"] + ([] if args.skip_compile else ["compiled"])
+    default = resolve_precision("auto", device)
+    configs = ["reference", "eager"] + ([] if args.skip_compile else ["compiled"])
     for batch in args.gpu_batches:
         generator = torch.Generator(device=device).manual_seed(args.seed)
         feats = torch.randn(batch, CROP_FRAMES, N_MELS, device=device, generator=generator)  # (B, T, F)
@@ -619,12 +622,17 @@ def gpu_rows(table: Table, args: argparse.Namespace) -> None:
         steps, warmup = {}, {}
         for config in configs:
             torch.manual_seed(args.seed)
-            model = build_model("ecapa_tdnn", n_mels=N_MELS).to(device).train()
+            model = build_model("ecapa_tdnn", n_mels=N_MELS)
+            if config == "reference":
+                model.pool = ReferencePooling(model.pool.channels, 128)  # the paper's attention bottleneck
+            model = model.to(device).train()
             if config == "compiled" and compile_forward(model, training=True, dynamic=False) is None:
                 raise RuntimeError("torch.compile unavailable")
             head = build_head("aam", embed_dim=model.embed_dim, num_speakers=args.speakers, margin=0.2,
                               scale=30.0).to(device)
-            optimizer = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=1e-4, fused=True)
+            params = [*model.parameters(), *head.parameters()]
+            optimizer = torch.optim.Adam(params, lr=1e-4, fused=config != "reference")
+            precision = "fp32" if config == "reference" else default
             scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
             steps[config] = functools.partial(cuda_step, model, head, optimizer, scaler, feats, labels, precision)
             torch.cuda.synchronize()
@@ -645,19 +653,27 @@ def gpu_rows(table: Table, args: argparse.Namespace) -> None:
                 torch.cuda.synchronize()
                 rounds[config].append((time.perf_counter() - started) / 10)
         utilisation = gpu_utilisation()
-        eager = statistics.median(rounds["eager"])
+        reference, eager = statistics.median(rounds["reference"]), statistics.median(rounds["eager"])
+        settings = {"reference": ("fp32", "wespeaker-style: literal pooling, default Adam"),
+                    "eager": (default, "the default: fused Adam, eager"),
+                    "compiled": (default, "the default: fused Adam, compiled")}
         for config in configs:
             seconds = statistics.median(rounds[config])
-            setting = f"{torch.cuda.get_device_name()}, AAM {args.speakers}, fused Adam, {config}"
-            ratio = ""
+            precision, setting = settings[config]
+            setting = f"{torch.cuda.get_device_name()}, AAM {args.speakers}, {setting}"
+            ratio, target = "1.00", ""
+            if config != "reference":
+                ratio, target = f"{seconds / reference:.2f}x the wespeaker-style step", at_most(seconds / reference,
+                                                                                                 0.40)
+            if config == "eager":
+                ratio += f"; GPU utilisation {utilisation} (after the rounds)"
             if config == "compiled":
                 setting += f"; compile {warmup[config]:.0f} s"
                 saved = eager - seconds
                 repay = f"repaid after {warmup[config] / saved:.0f} steps" if saved > 0 else "never repaid"
-                ratio = f"{seconds / eager:.2f}x eager's step time; {repay}"
+                ratio += f"; {seconds / eager:.2f}x eager's; {repay}"
             table.add(f"GPU train step, batch {batch}", "ecapa_tdnn", precision, "", setting,
-                      f"{1000 * seconds:.1f} ms", f"{batch / seconds:.0f} samples/s", ratio or
-                      f"GPU utilisation {utilisation} (after the rounds)", "")
+                      f"{1000 * seconds:.1f} ms", f"{batch / seconds:.0f} samples/s", ratio, target)
 
 
 def cuda_step(model: nn.Module, head: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
