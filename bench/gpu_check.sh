@@ -10,7 +10,11 @@
 # OUT_DIR: log.txt (everything printed), bench_gpu.md (bench_speed's table) and runs.tar.gz (the runs' logs,
 # results and curves). Python is $PYTHON (default python3).
 set -u
-out=${1:?usage: bash bench/gpu_check.sh OUT_DIR [SECONDS]}
+if (($# < 1 || $# > 2)) || ! [[ ${2:-560} =~ ^[0-9]+$ ]]; then
+    echo "usage: bash bench/gpu_check.sh OUT_DIR [SECONDS]  (SECONDS: a whole number, default 560)" >&2
+    exit 2
+fi
+out=$1
 budget=${2:-560}
 py=${PYTHON:-python3}
 start=$(date +%s)
