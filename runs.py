@@ -109,14 +109,14 @@ def checkpoint_name(state: dict) -> str:
 
 
 def save_checkpoint(run: Path, state: dict, keep: int, is_best: bool) -> Path:
-    """The checkpoint under `checkpoint_name` (atomically), a copy as best.pt when `is_best` (atomically too),
+    """The checkpoint under `checkpoint_name` (atomically), linked as best.pt when `is_best` (link_best),
     then, unless keep is 0 (keep everything): all but the newest `keep` epoch files removed, and every
     mid-epoch file but this one (an epoch's end supersedes them all). Returns the file written."""
     folder = run / "checkpoints"
     path = folder / checkpoint_name(state)
     atomic_torch_save({**state, "schema": SCHEMA}, path)
     if is_best:
-        copy_best(path)
+        link_best(path)
     if keep > 0:
         for old in [*epoch_checkpoints(run)[:-keep], *mid_epoch_checkpoints(run)]:
             if old != path:
@@ -124,7 +124,7 @@ def save_checkpoint(run: Path, state: dict, keep: int, is_best: bool) -> Path:
     return path
 
 
-def copy_best(checkpoint: Path) -> None:
+def link_best(checkpoint: Path) -> None:
     """checkpoints/best.pt as the same file as `checkpoint`, atomically: a hard link (no second write of the
     checkpoint; a checkpoint file is only ever replaced, never written in place, so the two names cannot
     diverge, and removing the epoch file leaves best.pt whole), or a copy where the file system has none."""
@@ -138,14 +138,14 @@ def copy_best(checkpoint: Path) -> None:
 
 def restore_best(run: Path, state: dict) -> None:
     """Make checkpoints/best.pt hold the state's best_epoch again after a kill inside save_checkpoint: when the
-    latest epoch (`state`'s) was the best, the kill may have come before or during its copy to best.pt, so the
-    copy is redone; an older best epoch finished its copy before the next epoch began (best.pt is copied
+    latest epoch (`state`'s) was the best, the kill may have come before or during its link to best.pt, so the
+    link is redone; an older best epoch finished its link before the next epoch began (best.pt is linked
     again only if it is gone)."""
     best_epoch = int(state.get("best_epoch", 0))
     source = run / "checkpoints" / f"epoch_{best_epoch:04d}.pt"
     best = run / "checkpoints" / "best.pt"
     if best_epoch and source.is_file() and (best_epoch == int(state["epoch"]) or not best.is_file()):
-        copy_best(source)
+        link_best(source)
 
 
 def average_checkpoints(run: Path, last: int) -> Path:

@@ -89,10 +89,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from compare import OneLineParser
 from config import Config
 from loss import build_head
 from models import MODELS, build_model
-from utils import autocast, configure_malloc
+from utils import autocast, configure_malloc, run_main
 
 log = logging.getLogger("voiceprint")
 
@@ -172,9 +173,6 @@ def run_train_worker(model: str, configs: list[str], malloc: str, args: argparse
 def versus_worker(args: argparse.Namespace) -> dict:
     """Seconds per step of each of args.configs (reference, default, compiled), alternating step by step after
     one warm-up step each (the compiled one's warm-up is its compile, timed)."""
-    from embedding import compile_forward
-    from tests.test_speed import ReferencePooling
-
     configure_malloc()
     torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(args.seed)
@@ -182,17 +180,7 @@ def versus_worker(args: argparse.Namespace) -> dict:
     labels = torch.randint(0, args.speakers, (args.batch_size,), generator=generator)
     steps, warmup = {}, {}
     for config in args.configs:
-        torch.manual_seed(args.seed)
-        model = build_model("ecapa_tdnn", n_mels=N_MELS).train()
-        if config == "reference":
-            model.pool = ReferencePooling(model.pool.channels, 128)  # the paper's attention bottleneck
-        if config == "compiled" and compile_forward(model, training=True, dynamic=False) is None:
-            raise RuntimeError("torch.compile unavailable")
-        head = build_head("aam", embed_dim=model.embed_dim, num_speakers=args.speakers, margin=0.2, scale=30.0)
-        params = [*model.parameters(), *head.parameters()]
-        optimizer = torch.optim.Adam(params, lr=1e-4, fused=config != "reference")
-        steps[config] = functools.partial(versus_step, model, head, optimizer, feats, labels,
-                                          "fp32" if config == "reference" else "bf16")
+        steps[config] = comparison_step(config, feats, labels, args.speakers, args.seed, "bf16")
         started = time.perf_counter()
         steps[config]()
         warmup[config] = time.perf_counter() - started
@@ -206,13 +194,38 @@ def versus_worker(args: argparse.Namespace) -> dict:
     return {"times": times, "warmup": warmup}
 
 
-def versus_step(model: nn.Module, head: nn.Module, optimizer: torch.optim.Optimizer, feats: torch.Tensor,
-                labels: torch.Tensor, precision: str) -> None:
-    with autocast(CPU, precision):
+def comparison_step(config: str, feats: torch.Tensor, labels: torch.Tensor, speakers: int, seed: int,
+                    default_precision: str) -> Callable[[], None]:
+    """One training step of a comparison configuration on `feats`' device, as a callable (a fresh model seeded
+    with `seed`, an AAM head over `speakers` classes): "reference", the wespeaker-style step (fp32, the literal
+    attentive pooling, torch's default Adam); "default", the project's step (`default_precision`, fused Adam);
+    "compiled", the default with the model compiled as train.py's --compile on does."""
+    from embedding import compile_forward
+    from tests.test_speed import ReferencePooling
+
+    device = feats.device
+    torch.manual_seed(seed)
+    model = build_model("ecapa_tdnn", n_mels=N_MELS)
+    if config == "reference":
+        model.pool = ReferencePooling(model.pool.channels, 128)  # the paper's attention bottleneck
+    model = model.to(device).train()
+    if config == "compiled" and compile_forward(model, training=True, dynamic=False) is None:
+        raise RuntimeError("torch.compile unavailable")
+    head = build_head("aam", embed_dim=model.embed_dim, num_speakers=speakers, margin=0.2, scale=30.0).to(device)
+    optimizer = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=1e-4, fused=config != "reference")
+    precision = "fp32" if config == "reference" else default_precision
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    return functools.partial(bench_step, model, head, optimizer, scaler, feats, labels, precision)
+
+
+def bench_step(model: nn.Module, head: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               feats: torch.Tensor, labels: torch.Tensor, precision: str) -> None:
+    with autocast(feats.device, precision):
         loss, _ = head(model(feats), labels)  # (B, T, F) -> loss
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    scaler.scale(loss).backward()  # the scaler passes everything through unless fp16
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def run_versus_worker(configs: list[str], args: argparse.Namespace) -> dict:
@@ -441,6 +454,7 @@ def extraction_rtfs(args: argparse.Namespace, device: torch.device = CPU
         embedders = extraction_embedders(args, Path(tmp), device)
         rtfs, warmup = dict.fromkeys(embedders, 0.0), {}
         files = args.extract_files if device.type == "cpu" else args.gpu_extract_files
+        sync = synchronizer(device)
         warm_files = write_random_audio(Path(tmp) / "warmup", 40, rng)  # several batch sizes and lengths
         for name, (embedder, _) in embedders.items():
             started = time.perf_counter()
@@ -455,7 +469,6 @@ def extraction_rtfs(args: argparse.Namespace, device: torch.device = CPU
             for name, (embedder, _) in embedders.items():
                 if device.type == "cpu":
                     gemm.measure(2)
-                sync = synchronizer(device)
                 sync()
                 started = time.perf_counter()
                 embedder.extract(paths)  # no cache: every call extracts
@@ -583,17 +596,18 @@ def gpu_epoch_row(table: Table, args: argparse.Namespace) -> None:
         flags = ["--device", "cuda", "--batch-size", "256", "--num-workers", str(workers), "--val-trials=",
                  "--compile", "on"]  # the fastest step: the hardest for the loader to keep busy
         result = run_epoch_worker(args, flags, args.gpu_epochs)
-        later = result["parts_each"][1:] or result["parts_each"]
+        skip = 1 if args.gpu_epochs > 1 else 0  # the workers' start, where a later epoch exists
+        later = result["parts_each"][skip:]
         passes = sum(p["train_epoch"] for p in later)
         waits = sum(p["train_epoch"] - p["forward_backward"] - p["optimizer_step"] for p in later)
         rate = len(later) * result["batches"] * result["batch_size"] / passes
         step_rate = result["batch_size"] / statistics.median(result["model_steps"])
-        readings = [u for u in result["gpu_utilisation_each"][1:] if u is not None]
+        readings = [u for u in result["gpu_utilisation_each"][skip:] if u is not None]
         utilisation = f"{statistics.fmean(readings):.0f}%" if readings else "n/a"
         first = result["parts_each"][0]["train_epoch"]
         table.add("GPU epochs of train.py (demo corpus), batch 256, real loader", "ecapa_tdnn", "auto", "",
-                  f"{workers} loader workers, {'compiled' if result['compiled'] else 'eager'}; epochs 2-"
-                  f"{len(result['epochs'])}: loader waits and the loop {waits:.2f} s of the training passes' "
+                  f"{workers} loader workers, {'compiled' if result['compiled'] else 'eager'}; epochs "
+                  f"{skip + 1}-{args.gpu_epochs}: loader waits and the loop {waits:.2f} s of the training passes' "
                   f"{passes:.2f} s (epoch 1, the workers' start: {first:.1f} s)",
                   f"{passes / len(later):.2f} s a pass", f"{rate:.0f} samples/s (training pass)",
                   f"{rate / step_rate:.2f}x the model-only step's {step_rate:.0f} samples/s; GPU utilisation "
@@ -608,33 +622,18 @@ def gpu_rows(table: Table, args: argparse.Namespace) -> None:
     compile's seconds and the steps that repay it. After the warm-up (the compiled one's first step is its
     compile, timed) the configurations alternate in rounds of 10 steps, --gpu-rounds rounds, the median round
     taken; the GPU's utilisation is read right after the rounds."""
-    from embedding import compile_forward
-    from tests.test_speed import ReferencePooling
     from utils import resolve_precision
 
     device = torch.device("cuda")
     default = resolve_precision("auto", device)
-    configs = ["reference", "eager"] + ([] if args.skip_compile else ["compiled"])
+    configs = ["reference", "default"] + ([] if args.skip_compile else ["compiled"])
     for batch in args.gpu_batches:
         generator = torch.Generator(device=device).manual_seed(args.seed)
         feats = torch.randn(batch, CROP_FRAMES, N_MELS, device=device, generator=generator)  # (B, T, F)
         labels = torch.randint(0, args.speakers, (batch,), device=device, generator=generator)
         steps, warmup = {}, {}
         for config in configs:
-            torch.manual_seed(args.seed)
-            model = build_model("ecapa_tdnn", n_mels=N_MELS)
-            if config == "reference":
-                model.pool = ReferencePooling(model.pool.channels, 128)  # the paper's attention bottleneck
-            model = model.to(device).train()
-            if config == "compiled" and compile_forward(model, training=True, dynamic=False) is None:
-                raise RuntimeError("torch.compile unavailable")
-            head = build_head("aam", embed_dim=model.embed_dim, num_speakers=args.speakers, margin=0.2,
-                              scale=30.0).to(device)
-            params = [*model.parameters(), *head.parameters()]
-            optimizer = torch.optim.Adam(params, lr=1e-4, fused=config != "reference")
-            precision = "fp32" if config == "reference" else default
-            scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-            steps[config] = functools.partial(cuda_step, model, head, optimizer, scaler, feats, labels, precision)
+            steps[config] = comparison_step(config, feats, labels, args.speakers, args.seed, default)
             torch.cuda.synchronize()
             started = time.perf_counter()
             steps[config]()
@@ -653,9 +652,9 @@ def gpu_rows(table: Table, args: argparse.Namespace) -> None:
                 torch.cuda.synchronize()
                 rounds[config].append((time.perf_counter() - started) / 10)
         utilisation = gpu_utilisation()
-        reference, eager = statistics.median(rounds["reference"]), statistics.median(rounds["eager"])
+        reference, eager = statistics.median(rounds["reference"]), statistics.median(rounds["default"])
         settings = {"reference": ("fp32", "wespeaker-style: literal pooling, default Adam"),
-                    "eager": (default, "the default: fused Adam, eager"),
+                    "default": (default, "the default: fused Adam, eager"),
                     "compiled": (default, "the default: fused Adam, compiled")}
         for config in configs:
             seconds = statistics.median(rounds[config])
@@ -665,7 +664,7 @@ def gpu_rows(table: Table, args: argparse.Namespace) -> None:
             if config != "reference":
                 ratio, target = f"{seconds / reference:.2f}x the wespeaker-style step", at_most(seconds / reference,
                                                                                                  0.40)
-            if config == "eager":
+            if config == "default":
                 ratio += f"; GPU utilisation {utilisation} (after the rounds)"
             if config == "compiled":
                 setting += f"; compile {warmup[config]:.0f} s"
@@ -674,16 +673,6 @@ def gpu_rows(table: Table, args: argparse.Namespace) -> None:
                 ratio += f"; {seconds / eager:.2f}x eager's; {repay}"
             table.add(f"GPU train step, batch {batch}", "ecapa_tdnn", precision, "", setting,
                       f"{1000 * seconds:.1f} ms", f"{batch / seconds:.0f} samples/s", ratio, target)
-
-
-def cuda_step(model: nn.Module, head: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-              feats: torch.Tensor, labels: torch.Tensor, precision: str) -> None:
-    with autocast(feats.device, precision):
-        loss, _ = head(model(feats), labels)  # (B, T, F) -> loss
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
 
 
 def gpu_utilisation() -> str:
@@ -727,7 +716,7 @@ def gpu_extraction_rows(table: Table, args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser = OneLineParser(description=__doc__.split("\n")[0], allow_abbrev=False)  # errors: one line, exit 2
     parser.add_argument("--models", nargs="+", default=["ecapa_tdnn", "resnet34"], choices=list(MODELS),
                         metavar="MODEL", help="the first gets rows A, B, C, the others B and C (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per configuration (default: 3)")
@@ -792,7 +781,6 @@ def main(argv: list[str] | None = None) -> None:
         worker = versus_worker if args.versus else epoch_worker if args.epoch else train_worker
         print(json.dumps(worker(args)))
         return
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     load_before = os.getloadavg()[0]
     torch.set_num_threads(args.threads)
     log.info("GEMM reference: 1x1 Conv1d 512 -> 1536, batch 64 x %d frames, fp32 and bf16", CROP_FRAMES)
@@ -827,4 +815,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

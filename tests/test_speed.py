@@ -3,8 +3,11 @@ channels_last paths stay finite, the precision policy picks what it says, and a 
 (No timings here: bench/bench_speed.py measures them.)"""
 
 import argparse
+import subprocess
+import sys
 import time
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,10 +22,11 @@ from models import build_model
 from models.ecapa_tdnn import EcapaTdnn
 from models.pooling import AttentiveStatsPooling, mean_and_variance
 from models.resnet import ResNet
-from tests.conftest import tiny_train_args
+from tests.conftest import subprocess_env, tiny_train_args
 from utils import UserError, autocast, resolve_precision
 
 CPU = torch.device("cpu")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class ReferencePooling(AttentiveStatsPooling):
@@ -237,3 +241,23 @@ def test_utilisation_sampler_averages_what_it_reads():
     with UtilisationSampler(every=0.01, read=lambda: "n/a") as nothing:
         time.sleep(0.05)
     assert nothing.mean is None
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--gpu-epochs", "0"], "--gpu-epochs: must be at least 1, got 0"),
+    (["--gpu-workers", "-1"], "--gpu-batches must be at least 1 and --gpu-workers at least 0"),
+    (["--gpu-batches", "x"], "argument --gpu-batches: invalid int value: 'x'"),
+] + ([] if torch.cuda.is_available() else [(["--cuda-only"], "--cuda-only: CUDA is not available here")]))
+def test_bench_speed_bad_flags_are_one_line_errors(tmp_path, flags, message):
+    proc = subprocess.run([sys.executable, "-m", "bench.bench_speed", *flags], cwd=ROOT, capture_output=True,
+                          text=True, env=subprocess_env(), timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [f"bench_speed.py: error: {message}"]
+
+
+@pytest.mark.parametrize("args", [[], ["out", "5m"], ["out", "60", "extra"]])
+def test_gpu_check_usage_errors_exit_2_before_doing_anything(tmp_path, args):
+    proc = subprocess.run(["bash", str(ROOT / "bench/gpu_check.sh"), *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith("usage: bash bench/gpu_check.sh OUT_DIR [SECONDS]") and not any(tmp_path.iterdir())
