@@ -191,6 +191,8 @@ class Config:
     # 0.1, not 0: an utterance about as near two centres is a coin toss (untuned; bench.bench_sort measures)
     relabel_from: str = "flagged"  # which utterances relabel and auto may move: flagged (those outside the kept
     # range) | all (any utterance clearly nearer another speaker's centre, inside the range too)
+    drop_unsure: bool = False  # relabel and auto: drop the candidates at least as near another speaker's centre as
+    # their own but not clearly nearer (0 <= cos(other) - cos(own) < relabel_margin) instead of keeping their label
     score_average: int = 0  # rank with the weight average of the source's last N epoch checkpoints (its
     # checkpoints/avg_last_N.pt, as --average-last writes it; needs that many kept) instead of its best.pt; each
     # later round averages the previous round's. 0 = best.pt (bench.bench_relabel: fewer wrong relabels with 3)
@@ -212,7 +214,7 @@ EVAL_KEYS = ("test_data", "test_trials", "eval_batch_size", "max_eval_frames", "
 INFERENCE_ONLY = ("checkpoint", "calibrate", "calibrate_data", "val_data", "decision_p_target", "decision_threshold",
                   "runtime", "onnx_file")
 SORT_KEYS = ("source", "keep", "sort_by", "min_keep", "rounds", "action", "relabel_margin", "relabel_from",
-             "score_average", "oracle")
+             "drop_unsure", "score_average", "oracle")
 
 
 def _train_keys() -> tuple[str, ...]:

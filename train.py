@@ -750,7 +750,8 @@ def train(cfg: Config, *, utterances: Sequence[Utterance] | None = None, run: Pa
           kept: str = "all", moved: Collection[str] = ()) -> Path:
     """Train (or resume, with cfg.resume) and return the run folder. `utterances` replaces the corpus scan
     (train_sort passes its kept list, described by `kept` in the research log; `moved`, the keys of its
-    utterances label noise moved, scores in-training filtering); `run` fixes the folder."""
+    utterances whose label is wrong, known when the source injected label noise, scores in-training filtering);
+    `run` fixes the folder."""
     configure_malloc()
     d = init_distributed(cfg.device, cfg.dist_timeout_min)
     if cfg.threads:

@@ -6,6 +6,8 @@ relabel them, retrain.
     python train_sort.py --from exp/RUN --keep 0 80 --action auto  # relabel the clear cases, drop the rest
     python train_sort.py --from exp/RUN --keep 0 80 --action auto --relabel-from all --rounds 2 --resume
     python train_sort.py --from exp/RUN --keep 0 80 --action relabel --relabel-from all --score-average 3
+    python train_sort.py --from exp/RUN --keep 0 80 --action relabel --relabel-from all --relabel-margin 0.2 \
+        --drop-unsure --score-average 3                            # the unsure ones dropped, not relabelled
     python train_sort.py --from exp/SUBCENTER_RUN --keep 0 80 --sort-by subcenter --loss aam
     python train_sort.py --from exp/NOISY_RUN --oracle relabel     # the moved utterances back to their speaker
 
@@ -36,7 +38,10 @@ The flagged utterances (--action):
   auto     those move; the others are dropped
 With `--relabel-from all`, relabel and auto move any utterance clearly nearer another speaker's centre, inside
 the kept range too (a speaker given more mislabelled utterances than the flagged share keeps the excess
-otherwise); the flagged ones that do not move are kept (relabel) or dropped (auto) as before.
+otherwise); the flagged ones that do not move are kept (relabel) or dropped (auto) as before. `--drop-unsure`
+drops the candidates that are at least as near another speaker's centre as their own but not clearly nearer
+(0 <= gain < --relabel-margin): neither label can be trusted for them, and a wrong label costs more than a
+missing utterance (bench/bench_relabel.py counts what it leaves wrong).
 A speaker's centre: its mean embedding (centroid; an utterance left out of its own speaker's), its class weight
 (class_weight, loss), its dominant sub-centre (subcenter). The ranking model is the source's best.pt, or with
 `--score-average N` the weight average of its last N epoch checkpoints (checkpoints/avg_last_N.pt, written
@@ -45,8 +50,8 @@ bench/bench_relabel.py, leaves fewer labels wrong. `--oracle drop|relabel` ignor
 exactly the moved utterances of the source's label_noise.txt, or gives them back their true speaker.
 
 Scores, the retraining labels and a report go to
-exp/<source>-keep<low>-<high>-<sort_by>[-avg<N>][-<action>][-all]/round<k>/ (exp/<source>-oracle-<drop|relabel>/
-for the oracle); when the source run injected label noise, the report gives
+exp/<source>-keep<low>-<high>-<sort_by>[-avg<N>][-<action>][-all][-m<margin>][-unsure]/round<k>/
+(exp/<source>-oracle-<drop|relabel>/ for the oracle); when the source run injected label noise, the report gives
 precision and recall of the removed utterances against the ones that moved, how many moved utterances were
 relabelled and how many of those went to their true speaker.
 
@@ -62,7 +67,7 @@ import dataclasses
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -214,30 +219,49 @@ def kept_mask(scores: np.ndarray, labels: np.ndarray, keep: Sequence[float], min
     return kept
 
 
-def relabel_targets(embeddings: np.ndarray, labels: np.ndarray, own: np.ndarray, centres: np.ndarray,
-                    candidates: np.ndarray, margin: float) -> dict[int, int]:
-    """{utterance: speaker} for the `candidates` (indices; the flagged ones, or all) clearly nearer another
-    speaker's centre: cos(e, the nearest other centre) - own (its cosine to its labelled speaker's) >= margin."""
+def relabel_choice(embeddings: np.ndarray, labels: np.ndarray, own: np.ndarray, centres: np.ndarray,
+                   candidates: np.ndarray, margin: float) -> tuple[dict[int, int], set[int]]:
+    """For the `candidates` (indices; the flagged ones, or all), with gain = cos(e, the nearest other speaker's
+    centre) - own (its cosine to its labelled speaker's centre): {utterance: that speaker} for those clearly
+    nearer it (gain >= margin), and the unsure ones, at least as near it as their own but not clearly nearer
+    (0 <= gain < margin), whose label and nearer speaker are both in doubt (--drop-unsure)."""
     targets: dict[int, int] = {}
+    doubtful: set[int] = set()
     for s in chunks(len(candidates)):
         idx = candidates[s]
         cos = embeddings[idx] @ centres.T  # (F, S)
         cos[np.arange(len(idx)), labels[idx]] = -np.inf  # another speaker's
         best = cos.argmax(axis=1)  # (F,)
-        gain = cos[np.arange(len(idx)), best] - own[idx]
+        gain = cos[np.arange(len(idx)), best] - own[idx]  # (F,)
         targets.update({int(i): int(b) for i, b, g in zip(idx, best, gain) if g >= margin})
-    return targets
+        doubtful.update(int(i) for i, g in zip(idx, gain) if 0 <= g < margin)
+    return targets, doubtful
+
+
+def relabel_targets(embeddings: np.ndarray, labels: np.ndarray, own: np.ndarray, centres: np.ndarray,
+                    candidates: np.ndarray, margin: float) -> dict[int, int]:
+    """relabel_choice's targets: the candidates clearly nearer another speaker's centre, and that speaker."""
+    return relabel_choice(embeddings, labels, own, centres, candidates, margin)[0]
+
+
+def unsure(embeddings: np.ndarray, labels: np.ndarray, own: np.ndarray, centres: np.ndarray,
+           candidates: np.ndarray, margin: float) -> set[int]:
+    """relabel_choice's unsure candidates (0 <= gain < margin), what --drop-unsure drops."""
+    return relabel_choice(embeddings, labels, own, centres, candidates, margin)[1]
 
 
 def new_labels(utts: Sequence[Utterance], speakers: Sequence[str], kept: np.ndarray, targets: dict[int, int],
-               action: str) -> list[str | None]:
+               action: str, dropped: Collection[int] = ()) -> list[str | None]:
     """Each utterance's label in the retraining list, None = dropped: one with a target moves to it (relabel,
     auto; the targets are flagged ones unless --relabel-from all); a kept one keeps its label; a flagged one
-    without a target stays (relabel) or is dropped (auto); drop drops every flagged one."""
+    without a target stays (relabel) or is dropped (auto); drop drops every flagged one. The `dropped` ones
+    (--drop-unsure) are dropped whatever else holds."""
     labels: list[str | None] = []
     for i, (u, k) in enumerate(zip(utts, kept)):
         if action != "drop" and i in targets:
             labels.append(speakers[targets[i]])
+        elif i in dropped:
+            labels.append(None)
         elif k:
             labels.append(u.speaker)
         else:
@@ -284,7 +308,16 @@ def outcome(utts: Sequence[Utterance], labels: Sequence[str | None], noise: dict
     return {"removed": found.removed, "relabelled": len(moves), "moved": found.moved,
             "precision": found.precision, "recall": found.recall,
             "relabelled_moved": sum(m is not None for m, _ in moves),
-            "relabelled_to_true": sum(m is not None and m.true_speaker == label for m, label in moves)}
+            "relabelled_to_true": sum(m is not None and m.true_speaker == label for m, label in moves),
+            "still_wrong": len(wrong_labels(utts, labels, noise)) if noise else None}
+
+
+def wrong_labels(utts: Sequence[Utterance], labels: Sequence[str | None], noise: dict[str, MovedLabel]) -> set[str]:
+    """The kept utterances whose retraining label is not their true speaker: moved ones left or relabelled
+    to a third speaker, clean ones relabelled away (what in-training filtering of the retraining is scored
+    against)."""
+    return {u.key for u, label in zip(utts, labels)
+            if label is not None and label != (noise[u.key].true_speaker if u.key in noise else u.speaker)}
 
 
 # --- the source run ----------------------------------------------------------------------------------------
@@ -355,7 +388,8 @@ def class_rows(trained: Trained, utts: Sequence[Utterance], source: Path) -> np.
 
 
 # what the oracle ignores
-SCORE_KEYS = ("keep", "sort_by", "min_keep", "action", "relabel_margin", "relabel_from", "score_average")
+SCORE_KEYS = ("keep", "sort_by", "min_keep", "action", "relabel_margin", "relabel_from", "drop_unsure",
+              "score_average")
 
 
 def check_command_line(cli: Config, overrides: dict[str, object]) -> None:
@@ -366,7 +400,7 @@ def check_command_line(cli: Config, overrides: dict[str, object]) -> None:
     given = [k for k in SCORE_KEYS if k in overrides]
     if cli.oracle and given:
         raise UserError(f"--{given[0].replace('_', '-')}: --oracle ignores the scores; give one or the other")
-    for key in ("relabel_margin", "relabel_from"):
+    for key in ("relabel_margin", "relabel_from", "drop_unsure"):
         if key in overrides and cli.action == "drop":
             raise UserError(f"--{key.replace('_', '-')}: --action drop relabels nothing; use --action relabel or auto")
 
@@ -420,9 +454,9 @@ def select(trained: Trained, utts: list[Utterance], rows: np.ndarray, cfg: Confi
     kept = kept_mask(scores.score, ids, cfg.keep, cfg.min_keep)
     flagged = np.flatnonzero(~kept)
     candidates = np.arange(len(utts)) if cfg.relabel_from == "all" else flagged
-    targets = ({} if cfg.action == "drop" else
-               relabel_targets(embeddings, ids, scores.own, scores.centres, candidates, cfg.relabel_margin))
-    labels = new_labels(utts, speakers, kept, targets, cfg.action)
+    targets, doubtful = (({}, set()) if cfg.action == "drop" else
+                         relabel_choice(embeddings, ids, scores.own, scores.centres, candidates, cfg.relabel_margin))
+    labels = new_labels(utts, speakers, kept, targets, cfg.action, doubtful if cfg.drop_unsure else ())
     extra = {}
     if scores.suspects is not None:
         extra = {"non_dominant": int(scores.suspects.sum()),
@@ -460,6 +494,8 @@ def result_line(report: dict) -> str:
     if report["moved"] and report["relabelled"]:
         line += (f"; relabelled {report['relabelled_moved']} of the {report['moved']} moved, "
                  f"{report['relabelled_to_true']} to their true speaker")
+    if report.get("still_wrong") is not None:
+        line += f"; {report['still_wrong']} labels left wrong in the retraining list"
     if "non_dominant" in report:
         line += (f"; {report['non_dominant']} utterances nearest a non-dominant sub-centre"
                  + (f" ({report['non_dominant_moved']} of them moved)" if report["moved"] else ""))
@@ -493,7 +529,10 @@ def method_text(cfg: Config) -> str:
     if cfg.oracle:
         return f"oracle ({cfg.oracle}"
     low, high = percent_range(cfg.keep)
-    action = "" if cfg.action == "drop" else f", {cfg.action}" + (", from all" if cfg.relabel_from == "all" else "")
+    action = "" if cfg.action == "drop" else (f", {cfg.action}" + (", from all" if cfg.relabel_from == "all" else "")
+                                              + (f", margin {cfg.relabel_margin:g}"
+                                                 if cfg.relabel_margin != Config.relabel_margin else "")
+                                              + (", unsure dropped" if cfg.drop_unsure else ""))
     average = f", average of {cfg.score_average}" if cfg.score_average else ""
     return f"{low:g}-{high:g} ({cfg.sort_by}{average}{action}"
 
@@ -537,7 +576,8 @@ def retrain(cfg: Config, r: Round, chosen: Selection, utts: list[Utterance], noi
         return json.loads(read_text(r.out / "report.json"))
     run_cfg = build_config({"name": f"{r.root.name}/round{r.number}", "resume": state == "unfinished"},
                            base=dataclasses.asdict(cfg))
-    run = train(run_cfg, utterances=retraining, run=r.out, kept=r.kept)
+    run = train(run_cfg, utterances=retraining, run=r.out, kept=r.kept,
+                moved=wrong_labels(utts, chosen.labels, noise) if noise else ())
     retrained = load_trained(find_checkpoint(str(run), cfg.exp_dir))
     report = {**round_figures(r, chosen, utts, noise, cfg), "summary": summary, "retrained": True,
               "eer_before": eer_before, "eer_after": test_eer(cfg, retrained)}
@@ -597,7 +637,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     low, high = percent_range(cfg.keep)
     method = (f"oracle-{cfg.oracle}" if cfg.oracle else f"keep{low:g}-{high:g}-{cfg.sort_by}"
               + (f"-avg{cfg.score_average}" if cfg.score_average else "")
-              + ("" if cfg.action == "drop" else f"-{cfg.action}") + ("-all" if cfg.relabel_from == "all" else ""))
+              + ("" if cfg.action == "drop" else f"-{cfg.action}") + ("-all" if cfg.relabel_from == "all" else "")
+              + (f"-m{cfg.relabel_margin:g}" if cfg.action != "drop" and cfg.relabel_margin != Config.relabel_margin
+                 else "") + ("-unsure" if cfg.drop_unsure else ""))
     root = Path(cfg.exp_dir) / (overrides.get("name") or f"{source.name}-{method}")
     reports = run_rounds(cfg, root, trained, utts, rows, noise, test_eer(cfg, trained))
     finish_distributed(d)

@@ -8,18 +8,20 @@ For each noisy run of bench/bench_sort.py (<root>/<corpus>/seed<s>/noisy-<n>, it
 label_noise.txt), the training utterances are embedded with its best checkpoint, and with the weight average of
 its last N epoch checkpoints for each --score-average N (train_sort.scoring_checkpoint), exactly as train_sort.py
 does (train_sort.embed, through the run's embedding cache: the bench retrains nothing and takes seconds once
-bench_sort has run), and train_sort's own rule (train_sort.relabel_targets on the scores and centres of each
+bench_sort has run), and train_sort's own rule (train_sort.relabel_choice on the scores and centres of each
 --sort-by: centroid, train_sort's default, and/or class_weight, the head's class weights) is applied at each
 --margins value, to the flagged utterances (--relabel-from flagged: outside the --keep range, 0-80 as in
-bench_sort) and to all of them (--relabel-from all). A last row per source applies the centroid all-rule at the
+bench_sort) and to all of them (--relabel-from all), and, above margin 0, to all of them with --drop-unsure (the
+utterances at least as near another speaker's centre as their own, but by less than the margin, dropped: the
+"dropped" column). A last row per source applies the centroid all-rule at the
 default margin three times, each pass to the previous one's labels (centres recomputed, no retraining): whether
 iterating the rule repairs more.
 
-Columns (mean over the seeds, min-max in brackets): utterances relabelled, those relabelled to their true
-speaker, and the labels still wrong after relabelling (moved ones missed or sent to a third speaker, plus clean
-ones moved away); "noisy" is the wrong labels before. The moved list is used only to count, never to decide:
-this bench says whether the default margin (config relabel_margin) is near the best a rule of this form can do on
-a corpus, not a margin to pick per corpus from the answer.
+Columns (mean over the seeds, min-max in brackets): utterances relabelled, those relabelled to their true speaker,
+the labels still wrong after relabelling among the utterances kept (moved ones missed or sent to a third speaker,
+plus clean ones moved away), and the utterances dropped; "noisy" is the wrong labels before. The moved list is used
+only to count, never to decide: this bench says whether the default margin (config relabel_margin) is near the best
+a rule of this form can do on a corpus, not a margin to pick per corpus from the answer.
 """
 
 from __future__ import annotations
@@ -33,7 +35,14 @@ import numpy as np
 from config import Config
 from evaluation import read_train_list
 from runs import Trained, load_trained
-from train_sort import class_rows, kept_mask, read_label_noise, relabel_targets, scoring_checkpoint, utterance_scores
+from train_sort import (
+    class_rows,
+    kept_mask,
+    read_label_noise,
+    relabel_choice,
+    scoring_checkpoint,
+    utterance_scores,
+)
 from train_sort import embed as embed_training_list
 from utils import UserError, run_main
 
@@ -41,22 +50,27 @@ DEFAULT_MARGIN = Config().relabel_margin  # config relabel_margin: the margin of
 MIN_KEEP = Config().min_keep  # train_sort's default: each speaker's most typical ones are never flagged
 
 def relabel_once(embeddings: np.ndarray, labels: np.ndarray, margin: float, keep: tuple[float, float] | None,
-                 trained: Trained, rows: np.ndarray, sort_by: str = "centroid") -> np.ndarray:
+                 trained: Trained, rows: np.ndarray, sort_by: str = "centroid",
+                 drop_unsure: bool = False) -> np.ndarray:
     """train_sort's relabelling (--sort-by `sort_by`) of `labels` (N,) at `margin`, of the utterances outside
-    the `keep` range (--relabel-from flagged) or of all (keep None): the new labels (N,)."""
+    the `keep` range (--relabel-from flagged) or of all (keep None): the new labels (N,), -1 for an utterance
+    --drop-unsure drops."""
     scores = utterance_scores(trained, sort_by, embeddings, labels, rows)
     candidates = (np.flatnonzero(~kept_mask(scores.score, labels, keep, MIN_KEEP)) if keep is not None
                   else np.arange(len(labels)))
+    targets, doubtful = relabel_choice(embeddings, labels, scores.own, scores.centres, candidates, margin)
     out = labels.copy()
-    for i, speaker in relabel_targets(embeddings, labels, scores.own, scores.centres, candidates, margin).items():
+    for i, speaker in targets.items():
         out[i] = speaker
+    if drop_unsure:
+        out[sorted(doubtful)] = -1
     return out
 
 
 def source_rows(run: Path, margins: list[float], keep: tuple[float, float], score_average: int,
-                sort_by: str = "centroid") -> list[tuple[str, int, int, int]]:
-    """(rule, relabelled, relabelled to the true speaker, labels wrong after) per rule, for one noisy run ranked
-    by the model train_sort --score-average `score_average` would use, scored and relabelled --sort-by
+                sort_by: str = "centroid") -> list[tuple[str, int, int, int, int]]:
+    """(rule, relabelled, relabelled to the true speaker, labels wrong after, dropped) per rule, for one noisy run
+    ranked by the model train_sort --score-average `score_average` would use, scored and relabelled --sort-by
     `sort_by`. The rule applied 3 times (centres recomputed) only for centroid: class weights do not move."""
     trained = load_trained(scoring_checkpoint(run, Config(exp_dir=str(run.parent), score_average=score_average)))
     utts = read_train_list(run)
@@ -70,15 +84,20 @@ def source_rows(run: Path, margins: list[float], keep: tuple[float, float], scor
     true = np.array([index[noise[u.key].true_speaker] if u.key in noise else index[u.speaker] for u in utts])
     embeddings = embed_training_list(trained, utts, trained.cfg)  # from the run's cache
 
-    def counts(rule: str, labels: np.ndarray) -> tuple[str, int, int, int]:
-        moved = labels != noisy
-        return rule, int(moved.sum()), int((moved & (labels == true)).sum()), int((labels != true).sum())
+    def counts(rule: str, labels: np.ndarray) -> tuple[str, int, int, int, int]:
+        dropped = labels == -1
+        moved = (labels != noisy) & ~dropped
+        return (rule, int(moved.sum()), int((moved & (labels == true)).sum()), int(((labels != true) & ~dropped).sum()),
+                int(dropped.sum()))
 
     out = [counts("noisy", noisy)]
     for margin in margins:
         for flagged in (keep, None):
             rule = f"margin {margin:g}, from {'flagged' if flagged else 'all'}"
             out.append(counts(rule, relabel_once(embeddings, noisy, margin, flagged, trained, rows, sort_by)))
+        if margin > 0:  # --drop-unsure: [0, margin) dropped; at margin 0 it drops nothing
+            out.append(counts(f"margin {margin:g}, from all, unsure dropped",
+                              relabel_once(embeddings, noisy, margin, None, trained, rows, sort_by, drop_unsure=True)))
     if sort_by != "centroid":
         return out
     labels = noisy
@@ -111,15 +130,16 @@ def main(argv: list[str] | None = None) -> None:
         if not (run / "train_list.jsonl").is_file():
             raise UserError(f"{run}: no such run; bench_sort makes it (python -m bench.bench_sort --corpus ... "
                             f"--noise ... --seeds ...)")
-    print("| corpus | seeds | ranking model | sort by | rule | relabelled | to the true speaker | labels still wrong |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| corpus | seeds | ranking model | sort by | rule | relabelled | to the true speaker | labels still wrong | "
+          "dropped |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for corpus, sources in runs.items():
         for average in args.score_average:
             model = f"average of the last {average}" if average else "best.pt"
             for sort_by in args.sort_by:
                 per_seed = [source_rows(run, args.margins, tuple(args.keep), average, sort_by) for run in sources]
                 for i, (rule, *_) in enumerate(per_seed[0]):
-                    columns = [cell([rows[i][k] for rows in per_seed]) for k in (1, 2, 3)]
+                    columns = [cell([rows[i][k] for rows in per_seed]) for k in (1, 2, 3, 4)]
                     print(f"| {corpus} | {' '.join(map(str, args.seeds))} | {model} | {sort_by} | {rule} | "
                           + " | ".join(columns) + " |")
                 sys.stdout.flush()

@@ -16,6 +16,8 @@ and for each noise level the methods (--methods; drop, relabel, auto and subcent
 - relabel, auto: noisy-<n>-keep<lo>-<hi>-<action>, the same with --action relabel / auto;
 - relabel-all, auto-all: noisy-<n>-keep<lo>-<hi>-<action>-all, the same with --relabel-from all (any utterance
   clearly nearer another speaker's centre moves, flagged or not);
+- relabel-all-unsure: noisy-<n>-keep<lo>-<hi>-relabel-all[-m<M>]-unsure, relabel-all with --drop-unsure (the utterances
+  as near another speaker's centre as their own, but not clearly nearer, dropped);
 - subcenter: noisy-<n>-subcenter, train.py --label-noise n --loss subcenter_aam (a row of its own: Deng et al.'s
   head alone), then noisy-<n>-subcenter-keep<lo>-<hi>, train_sort.py --sort-by subcenter on it, retrained with
   the noisy run's loss so that the row compares with the others;
@@ -27,6 +29,7 @@ and for each noise level the methods (--methods; drop, relabel, auto and subcent
   oracle-drop.)
 `--score-average N` gives them train_sort's --score-average N (ranked by the weight average of the source's last N
 epoch checkpoints; folders noisy-<n>-keep<lo>-<hi>-avg<N>[-<method>], rows "<method> <range> avg N").
+`--relabel-margin M` gives relabel and auto train_sort's --relabel-margin M (folders "-m<M>", rows "margin M").
 `--rounds R` gives drop, relabel and auto (and the -all ones) train_sort's --rounds R and a row per round (a
 round that stopped because its list was unchanged repeats the previous round's row). Each run is skipped when
 its results exist, so a killed bench resumes where it stopped: a training run killed midway, or a train_sort
@@ -35,6 +38,7 @@ earlier one adds rounds to its runs; the runs of one seed may be spread over sev
 then tabulated together.
 
 Columns (means over the seeds): the utterances removed, and relabelled (in brackets: to their true speaker);
+the labels left wrong in the retraining list (moved ones missed or sent to a third speaker, clean ones moved away);
 precision and recall of the removed set against the moved one (intrain: its last epoch's left-out set, from
 log.csv); "score AUC", how well the ranking score tells
 moved from clean utterances of a speaker (1 = every moved one ranks below every clean one); test EER (the
@@ -72,8 +76,8 @@ log = logging.getLogger("voiceprint")
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS_CONFIGS = {"demo": None, "harmonic": ROOT / "recipes" / "harmonic.yaml"}  # --config of every run
-METHODS = ("drop", "relabel", "auto", "relabel-all", "auto-all", "subcenter", "intrain", "oracle-drop",
-           "oracle-relabel")
+SORTED = ("drop", "relabel", "auto", "relabel-all", "auto-all", "relabel-all-unsure")  # train_sort --action ...
+METHODS = (*SORTED, "subcenter", "intrain", "oracle-drop", "oracle-relabel")
 OWNED = ("seed", "name", "exp_dir", "resume", "label_noise", "filter_share", "filter_warmup")  # set per run
 VERDICT_WORDS = {"A better": "better", "B better": "worse", "not resolved": "not resolved"}
 
@@ -87,6 +91,7 @@ class Plan:
     filter_warmup: int | None  # intrain; None = the noisy run's epochs
     rounds: int = 1  # train_sort's --rounds of drop, relabel, auto and subcenter: a row per round
     score_average: int = 0  # train_sort's --score-average of drop, relabel and auto (0: rank with best.pt)
+    relabel_margin: float | None = None  # train_sort's --relabel-margin of relabel and auto (None: its default)
 
 
 def corpus_flags(corpus: str) -> list[str]:
@@ -182,6 +187,8 @@ def sort_rows(root: Path, name: str, source: str, noise: float, method: str, fla
                "removed": report["removed"], "relabelled": report.get("relabelled", 0),
                "to_true": report.get("relabelled_to_true", 0), "precision": report["precision"],
                "recall": report["recall"]}
+        if report.get("still_wrong") is not None:  # reports before the count, and runs without noise, lack it
+            row["wrong"] = report["still_wrong"]
         rows.append(row if "--oracle" in flags else {**row, "auc": score_auc(run, moved)})
     return rows
 
@@ -204,14 +211,23 @@ def range_name(keep: tuple[float, float]) -> str:
 
 
 def sorted_rows(n: Noisy, plan: Plan, method: str) -> list[dict]:
-    """drop, relabel, auto, relabel-all, auto-all: train_sort --action (and --relabel-from all) per range."""
-    action, _, scope = method.partition("-")
-    extra = [] if action == "drop" else ["--action", action] + (["--relabel-from", "all"] if scope else [])
-    suffix = "" if action == "drop" else f"-{method}"
+    """drop, relabel, auto, relabel-all, auto-all, relabel-all-unsure: train_sort --action (-all: --relabel-from
+    all; -unsure: --drop-unsure) per range."""
+    action, *scope = method.split("-")
+    extra = [] if action == "drop" else ["--action", action] + (["--relabel-from", "all"] if "all" in scope else [])
+    suffix = "" if action == "drop" else f"-{action}" + ("-all" if "all" in scope else "")  # train_sort's own order
+    label = f"{method} {{}}"
+    if action != "drop" and plan.relabel_margin is not None:
+        extra += ["--relabel-margin", f"{plan.relabel_margin:g}"]
+        suffix += f"-m{plan.relabel_margin:g}"
+        label += f" margin {plan.relabel_margin:g}"
+    if "unsure" in scope:
+        extra += ["--drop-unsure"]
+        suffix += "-unsure"
     if plan.score_average:
         extra += ["--score-average", str(plan.score_average)]
         suffix = f"-avg{plan.score_average}{suffix}"
-    label = f"{method} {{}}" + (f" avg {plan.score_average}" if plan.score_average else "")
+        label += f" avg {plan.score_average}"
     return [row for k in plan.keeps for row in
             sort_rows(n.root, f"{n.name}-keep{range_name(k)}{suffix}", n.name, n.noise, label.format(range_name(k)),
                       [*n.flags, "--keep", f"{k[0]:g}", f"{k[1]:g}", *extra], n.moved, plan.rounds)]
@@ -260,8 +276,7 @@ def oracle_rows(n: Noisy, mode: str) -> list[dict]:
 
 
 METHOD_ROWS: dict[str, Callable[[Noisy, Plan], list[dict]]] = {
-    **{m: (lambda n, plan, m=m: sorted_rows(n, plan, m)) for m in ("drop", "relabel", "auto", "relabel-all",
-                                                                    "auto-all")},
+    **{m: (lambda n, plan, m=m: sorted_rows(n, plan, m)) for m in SORTED},
     "subcenter": subcenter_rows,
     "intrain": intrain_rows,
     "oracle-drop": lambda n, plan: oracle_rows(n, "drop"),
@@ -328,14 +343,15 @@ def table(per_seed: list[list[dict]], verdicts: dict[str, str]) -> str:
     by_id = [{row["id"]: row for row in seed_rows} for seed_rows in per_seed]
     many = len(per_seed) > 1
     eer_head = f"test EER % (mean of {len(per_seed)} seeds; min-max)" if many else "test EER %"
-    lines = [f"| label noise | method | removed | relabelled (to true speaker) | precision | recall | score AUC | "
-             f"{eer_head} | minDCF{P_TARGETS[0]} | gap closed (seeds' range) | vs noisy: A - B EER % pooled "
-             "(95% interval) |", "|" + "---|" * 11]
+    lines = [f"| label noise | method | removed | relabelled (to true speaker) | labels left wrong | precision | "
+             f"recall | score AUC | {eer_head} | minDCF{P_TARGETS[0]} | gap closed (seeds' range) | vs noisy: A - B "
+             "EER % pooled (95% interval) |", "|" + "---|" * 12]
     mean = {}
     for row in per_seed[0]:
         values = [s[row["id"]] for s in by_id]
-        mean[row["id"]] = {k: float(np.mean([v[k] for v in values])) for k in row
-                           if isinstance(row[k], float | int) and not isinstance(row[k], bool)}
+        mean[row["id"]] = {k: float(np.mean([v[k] for v in values])) for k in row  # a count some seeds lack: blank
+                           if isinstance(row[k], float | int) and not isinstance(row[k], bool)
+                           and all(k in v for v in values)}
         mean[row["id"]]["eers"] = [100 * v["eer"] for v in values]
     for row in per_seed[0]:
         m = mean[row["id"]]
@@ -347,14 +363,16 @@ def table(per_seed: list[list[dict]], verdicts: dict[str, str]) -> str:
         relabelled = f"{cell('relabelled', 0)} ({cell('to_true', 0)})" if "relabelled" in m else ""
         gap = gap_cell(row, by_id, mean) if row["noise"] > 0 and row["id"] != noisy_id(row["noise"]) else ""
         lines.append(f"| {row['noise']:g} | {row['method']} | {cell('removed', 0)} | {relabelled} | "
-                     f"{cell('precision', 2)} | {cell('recall', 2)} | {cell('auc', 3)} | {eer} | "
+                     f"{cell('wrong', 0)} | {cell('precision', 2)} | {cell('recall', 2)} | {cell('auc', 3)} | {eer} | "
                      f"{cell('min_dcf', 4)} | {gap} | {verdicts.get(row['id'], '')} |")
     return "\n".join(lines) + "\n"
 
 
 def notes(plan: Plan, corpus: str, rounds: int) -> str:
     text = (f"\nCorpus: {corpus}. Methods: drop / relabel / auto = train_sort.py --action, centroid scores, the "
-            "kept range after the name (-all: --relabel-from all; round k: the k-th round's retrained model); "
+            "kept range after the name (-all: --relabel-from all; -unsure: --drop-unsure; margin M: "
+            "--relabel-margin M; avg N: ranked by the weight average of the last N epochs; round k: the k-th "
+            "round's retrained model); labels left wrong: in the retraining list, against the true speakers; "
             "precision and recall: of the removed utterances against the moved ones ('-': none removed); "
             "subcenter = the noisy list ranked by a --loss subcenter_aam run's dominant "
             "sub-centres, retrained with the noisy run's loss (`subcenter_aam head`: that run itself, no "
@@ -386,6 +404,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                         "(a row per round; a later bench with more rounds reuses the earlier ones)")
     parser.add_argument("--score-average", type=int, default=0, help="train_sort's --score-average N for drop, "
                         "relabel and auto (rank with the weight average of the last N epochs); 0 = best.pt")
+    parser.add_argument("--relabel-margin", type=float, default=None, help="train_sort's --relabel-margin for "
+                        "relabel and auto (default: train_sort's, config.py relabel_margin)")
     parser.add_argument("--filter-share", type=float, default=None, help="intrain: share left out per epoch "
                         "(default: the first range's flagged share)")
     parser.add_argument("--filter-warmup", type=int, default=None, help="intrain: epochs before filtering "
@@ -418,8 +438,10 @@ def check(args: argparse.Namespace, flags: list[str]) -> Plan:
         raise UserError(f"--verdict-rounds: must be >= 1, got {args.verdict_rounds}")
     if args.score_average < 0:
         raise UserError(f"--score-average: must be >= 0, got {args.score_average}")
+    if args.relabel_margin is not None and not 0 <= args.relabel_margin < 2:
+        raise UserError(f"--relabel-margin: a cosine gain in [0, 2), got {args.relabel_margin}")
     return Plan(args.noise, list(dict.fromkeys(args.methods)), [parse_keep(k) for k in args.keep],
-                args.filter_share, args.filter_warmup, args.rounds, args.score_average)
+                args.filter_share, args.filter_warmup, args.rounds, args.score_average, args.relabel_margin)
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -3,6 +3,8 @@ verdicts from score files, and its one-line errors. Nothing is trained."""
 
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import train_sort
 from config import Config, build_config
 from evaluation import read_train_list
 from runs import load_trained
+from tests.conftest import subprocess_env
 from tests.test_train_sort import plant_noise
 from utils import UserError
 
@@ -25,7 +28,7 @@ def row(run: str, noise: float, method: str, eer: float, **extra) -> dict:
 def seed_rows(clean: float, noisy: float, auto: float, oracle: float) -> list[dict]:
     return [row("clean", 0.0, "clean", clean), row("noisy-0.2", 0.2, "noisy", noisy),
             row("noisy-0.2-keep0-80-auto", 0.2, "auto 0-80", auto, removed=10, relabelled=6, to_true=4,
-                precision=0.9, recall=0.5, auc=0.98),
+                wrong=3, precision=0.9, recall=0.5, auc=0.98),
             row("noisy-0.2-oracle-drop", 0.2, "oracle-drop", oracle, removed=8, relabelled=0, to_true=0,
                 precision=1.0, recall=1.0)]
 
@@ -38,10 +41,11 @@ def test_table_means_over_seeds_gap_closed_and_its_range():
     assert lines[2].startswith("| 0 | clean |") and "| 5.00 (4.00-6.00) |" in lines[2]
     assert lines[3].startswith("| 0.2 | noisy |") and lines[3].endswith("|  |  |")
     auto = lines[4]  # means 5, 8, 6: (8 - 6) / (8 - 5); each seed's own gap: 2/3 and 2/3
-    assert "| 10 | 6 (4) | 0.90 | 0.50 | 0.980 | 6.00 (5.00-7.00) | 0.5000 | 67% (67% to 67%) |" in auto
+    assert "| 10 | 6 (4) | 3 | 0.90 | 0.50 | 0.980 | 6.00 (5.00-7.00) | 0.5000 | 67% (67% to 67%) |" in auto
     assert auto.endswith("| -2.00 [-3.00, -1.00] better |")
     oracle = lines[5]  # means 6: 2/3; seeds: 3/3 and 1/3
-    assert "| 8 | 0 (0) | 1.00 | 1.00 |  | 6.00 (4.00-8.00) |" in oracle and "| 67% (33% to 100%) |" in oracle
+    assert "| 8 | 0 (0) |  | 1.00 | 1.00 |  | 6.00 (4.00-8.00) |" in oracle  # no wrong-label count: blank
+    assert "| 67% (33% to 100%) |" in oracle
 
 
 def test_table_without_a_gap_and_with_one_seed():
@@ -100,18 +104,31 @@ def test_each_method_trains_the_runs_it_names(tmp_path, monkeypatch):
                            "noisy-0.1-keep0-90-relabel", "noisy-0.1-keep0-80-auto", "noisy-0.1-keep0-90-auto",
                            "noisy-0.1-keep0-80-relabel-all", "noisy-0.1-keep0-90-relabel-all",
                            "noisy-0.1-keep0-80-auto-all", "noisy-0.1-keep0-90-auto-all",
+                           "noisy-0.1-keep0-80-relabel-all-unsure", "noisy-0.1-keep0-90-relabel-all-unsure",
                            "noisy-0.1-subcenter-keep0-80", "noisy-0.1-subcenter-keep0-90",
                            "noisy-0.1-oracle-drop", "noisy-0.1-oracle-relabel"]
     assert names["noisy-0.1-keep0-90-auto"] == ("noisy-0.1", ["--epochs", "3", "--seed", "1", "--keep", "0", "90",
                                                               "--action", "auto"])
     assert names["noisy-0.1-keep0-80-auto-all"][1][-4:] == ["--action", "auto", "--relabel-from", "all"]
+    assert names["noisy-0.1-keep0-80-relabel-all-unsure"][1][-5:] == ["--action", "relabel", "--relabel-from", "all",
+                                                                    "--drop-unsure"]
     assert names["noisy-0.1-subcenter-keep0-80"][0] == "noisy-0.1-subcenter"
     assert names["noisy-0.1-subcenter-keep0-80"][1][-4:] == ["--sort-by", "subcenter", "--loss", "am"]
     assert names["noisy-0.1-oracle-relabel"][1][-2:] == ["--oracle", "relabel"]
-    assert [r["method"] for r in rows][:2] == ["clean", "noisy"] and len(rows) == 2 + 2 * 5 + 3 + 1 + 2
+    assert [r["method"] for r in rows][:2] == ["clean", "noisy"] and len(rows) == 2 + 2 * 6 + 3 + 1 + 2
     intrain = next(r for r in rows if r["id"] == "noisy-0.1-intrain")
     assert intrain["method"] == "intrain 0.2 after 3" and (intrain["removed"], intrain["recall"]) == (30, 0.4)
 
+    # --relabel-margin and --score-average: in the relabelling methods' flags, folder names and row labels
+    sorted_.clear()
+    plan = bench.Plan([0.1], ["drop", "relabel-all-unsure"], [(0.0, 80.0)], None, None, 1, 3, 0.2)
+    rows = bench.experiment(tmp_path, plan, ["--seed", "1"])
+    assert [name for name, _, _ in sorted_] == ["noisy-0.1-keep0-80-avg3",
+                                                "noisy-0.1-keep0-80-avg3-relabel-all-m0.2-unsure"]
+    assert sorted_[0][2][-2:] == ["--score-average", "3"] and "--relabel-margin" not in sorted_[0][2]
+    assert sorted_[1][2][-7:] == ["--relabel-from", "all", "--relabel-margin", "0.2", "--drop-unsure",
+                                  "--score-average", "3"]
+    assert [r["method"] for r in rows[2:]] == ["drop 0-80 avg 3", "relabel-all-unsure 0-80 margin 0.2 avg 3"]
 
 def test_rounds_give_a_row_each_resume_the_earlier_rounds_and_repeat_a_stopped_one(tmp_path, monkeypatch):
     """--rounds: train_sort is called with --rounds (and --resume when the folder holds earlier rounds); a row
@@ -176,8 +193,8 @@ def test_bench_relabel_applies_train_sorts_own_rule(trained_run, tmp_path, capsy
                         "class_weight"])
     table = {tuple(row.split(" | ")[2:5]): [int(x) for x in row.strip(" |").split(" | ")[5:]]
              for row in capsys.readouterr().out.splitlines()[2:]}
-    # per model: centroid noisy + 4 rules + applied 3 times; class_weight noisy + 4 rules
-    assert len(table) == 22 and table[("best.pt", "centroid", "noisy")] == [0, 0, 4]
+    # per model: centroid noisy + 5 rules + applied 3 times; class_weight noisy + 5 rules (unsure: margin 0.1 only)
+    assert len(table) == 26 and table[("best.pt", "centroid", "noisy")] == [0, 0, 4, 0]
     utts = read_train_list(run)
     noise = train_sort.read_label_noise(run, utts)
     for average, model in ((0, "best.pt"), (1, "average of the last 1")):
@@ -185,11 +202,29 @@ def test_bench_relabel_applies_train_sorts_own_rule(trained_run, tmp_path, capsy
         rows = train_sort.class_rows(trained, utts, run)
         for sort_by in ("centroid", "class_weight"):
             for margin in (0.0, 0.1):
-                for relabel_from in ("flagged", "all"):
+                for relabel_from, drop_unsure in (("flagged", False), ("all", False), ("all", True)):
+                    if drop_unsure and margin == 0:
+                        continue
                     cfg = dataclasses.replace(trained.cfg, keep=[0.0, 50.0], action="relabel", sort_by=sort_by,
-                                              relabel_margin=margin, relabel_from=relabel_from)
+                                              relabel_margin=margin, relabel_from=relabel_from,
+                                              drop_unsure=drop_unsure)
                     chosen = train_sort.select(trained, utts, rows, cfg, noise)
                     found = train_sort.outcome(utts, chosen.labels, noise)
-                    relabelled, to_true, wrong = table[(model, sort_by, f"margin {margin:g}, from {relabel_from}")]
+                    rule = f"margin {margin:g}, from {relabel_from}" + (", unsure dropped" if drop_unsure else "")
+                    relabelled, to_true, wrong, dropped = table[(model, sort_by, rule)]
                     assert (relabelled, to_true) == (found["relabelled"], found["relabelled_to_true"])
-                    assert 4 - to_true <= wrong <= 4 - to_true + relabelled
+                    assert (wrong, dropped) == (found["still_wrong"], found["removed"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--relabel-margin", "-0.1"], "--relabel-margin: a cosine gain in [0, 2), got -0.1"),
+    (["--relabel-margin", "x"], "--relabel-margin: invalid float value: 'x'"),
+    (["--methods", "unsure"], "--methods: invalid choice: 'unsure'"),
+])
+def test_bad_flags_are_one_line_errors(tmp_path, flags, message):
+    proc = subprocess.run([sys.executable, "-m", "bench.bench_sort", "--root", str(tmp_path), *flags],
+                          cwd=Path(__file__).resolve().parents[1], env=subprocess_env(), capture_output=True,
+                          text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing written

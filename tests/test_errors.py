@@ -288,6 +288,8 @@ CASES = [
          "--sort-by subcenter: {tmp}/src was trained with --loss aam; sub-centres need"),
     Case("train_sort: --relabel-from all with --action drop", lambda i: _sort(_sort_source(i), "--relabel-from", "all"),
          "--relabel-from: --action drop relabels nothing; use --action relabel or auto"),
+    Case("train_sort: --drop-unsure with --action drop", lambda i: _sort(_sort_source(i), "--drop-unsure"),
+         "--drop-unsure: --action drop relabels nothing; use --action relabel or auto"),
     Case("train_sort: --score-average 2, a source with no epoch checkpoint kept",
          lambda i: _sort(_sort_source(i), "--action", "relabel", "--score-average", "2"),
          "--score-average 2: {tmp}/src/checkpoints holds 0 epoch checkpoint(s); the run needs --keep-checkpoints 2"),

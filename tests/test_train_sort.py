@@ -32,6 +32,7 @@ from train_sort import (
     removal_counts,
     retraining_list,
     subcenter_scores,
+    unsure,
 )
 from utils import UserError
 
@@ -138,6 +139,21 @@ def test_relabel_targets_take_the_nearest_other_centre_past_the_margin():
     assert relabel_targets(emb, labels, own, centres, every, 0.95) == {}  # 0's gain is 0.90
 
 
+def test_unsure_are_as_near_another_centre_but_not_clearly_nearer():
+    centres = np.eye(3)
+    # gains: 0.90 (clearly nearer 2), 0.03 (a bit nearer 1), -1 (on its own centre), 0 (halfway, a tie)
+    emb = unit((0.1, 0, 1), (1, 1.05, 0), (0, 1, 0), (1, 0, 1))
+    labels = np.array([0, 0, 1, 0])
+    own = np.einsum("nd,nd->n", emb, centres[labels])
+    every = np.arange(4)
+    assert unsure(emb, labels, own, centres, every, 0.1) == {1, 3}  # 0 <= gain < margin
+    assert unsure(emb, labels, own, centres, every, 0.0) == set()  # every gain >= 0 relabels at margin 0
+    assert unsure(emb, labels, own, centres, every, 0.95) == {0, 1, 3}
+    assert unsure(emb, labels, own, centres, np.array([0, 2]), 0.1) == set()  # only the candidates
+    targets = relabel_targets(emb, labels, own, centres, every, 0.1)
+    assert not set(targets) & unsure(emb, labels, own, centres, every, 0.1)  # relabelled or unsure, never both
+
+
 UTTS = [Utterance(f"u{i}", f"/x/u{i}.wav", s) for i, s in enumerate("aabb")]
 
 
@@ -148,6 +164,8 @@ def test_new_labels_drop_relabel_auto():
     assert new_labels(UTTS, "abc", kept, targets, "auto") == ["a", "c", None, "a"]
     everywhere = {0: 1, **targets}  # --relabel-from all: a kept utterance with a target moves too
     assert new_labels(UTTS, "abc", kept, everywhere, "auto") == ["b", "c", None, "a"]
+    # --drop-unsure: the unsure ones dropped, kept or flagged; a relabelled one is never unsure
+    assert new_labels(UTTS, "abc", kept, targets, "relabel", dropped={0, 2}) == [None, "c", None, "a"]
 
 
 def test_oracle_labels_and_retraining_list():
@@ -164,8 +182,10 @@ def test_outcome_counts_relabels_against_the_moved_ones():
     noise = {"u1": MovedLabel("u1", "b", "a"), "u2": MovedLabel("u2", "c", "b")}
     figures = outcome(UTTS, ["c", "b", "a", None], noise)  # u0 (clean) and u2 moved elsewhere, u1 home, u3 out
     assert figures == {"removed": 1, "relabelled": 3, "moved": 2, "precision": 0.0, "recall": 0.0,
-                       "relabelled_moved": 2, "relabelled_to_true": 1}
+                       "relabelled_moved": 2, "relabelled_to_true": 1, "still_wrong": 2}  # u0 and u2
     assert outcome(UTTS, ["a", None, None, "b"], noise)["precision"] == 1.0
+    assert outcome(UTTS, ["a", "a", "b", "b"], noise)["still_wrong"] == 2  # u1 and u2 left under the wrong label
+    assert outcome(UTTS, ["a", "a", "b", "b"], {})["still_wrong"] is None  # no label noise: nothing to count
 
 
 def test_subcenter_dominant_scores_and_suspects():
@@ -227,6 +247,8 @@ def test_read_label_noise_must_match_the_run(tmp_path):
     ({"relabel_margin": 0.2}, "--relabel-margin: --action drop relabels nothing"),
     ({"relabel_from": "all"}, "--relabel-from: --action drop relabels nothing"),
     ({"oracle": "drop", "relabel_from": "all"}, "--relabel-from: --oracle ignores the scores"),
+    ({"drop_unsure": True}, "--drop-unsure: --action drop relabels nothing"),
+    ({"oracle": "relabel", "drop_unsure": True}, "--drop-unsure: --oracle ignores the scores"),
     ({"keep": [50, 50]}, "keeps nothing"),
 ])
 def test_command_line_checks(overrides, message):
@@ -310,7 +332,7 @@ def test_train_sort_auto_end_to_end(trained_run, tmp_path, capsys):
     assert report["removed"] + report["relabelled"] == report["flagged"] > 0  # auto: each flagged one moves or goes
     assert report["relabelled_to_true"] <= report["relabelled_moved"] <= min(report["relabelled"], 4)
     assert 0 <= report["eer_after"] <= 1
-    out = tmp_path / "noisy-keep0-50-centroid-auto" / "round1"
+    out = tmp_path / "noisy-keep0-50-centroid-auto-m0" / "round1"  # a margin other than the default: named
     with open(out / "utterance_scores.tsv") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     assert len(rows) == 36 and sum(r["kept"] == "0" for r in rows) == report["removed"]
@@ -319,7 +341,7 @@ def test_train_sort_auto_end_to_end(trained_run, tmp_path, capsys):
     assert retrained == {r["key"]: r["label"] for r in rows if r["label"] != "-"}
     assert same(json.loads((out / "report.json").read_text()), report)
     assert "to their true speaker" in capsys.readouterr().out
-    assert "0-50 (centroid, auto, round 1)" in (tmp_path / "results.md").read_text()
+    assert "0-50 (centroid, auto, margin 0, round 1)" in (tmp_path / "results.md").read_text()
 
     # the same command again: refused without --resume; with it, the finished round is reused, not retrained
     with pytest.raises(UserError, match="round1: holds an earlier round; pass --resume"):
@@ -335,6 +357,32 @@ def test_train_sort_auto_end_to_end(trained_run, tmp_path, capsys):
     # another selection in the same folder is not a resume
     with pytest.raises(UserError, match="round1: trained on another list than round 1 of this command selects"):
         train_sort.main([*argv[:argv.index("--action")], "--name", out.parent.name, "--resume"])
+
+
+def labels_of(run: Path) -> dict[str, str]:
+    with open(run / "round1" / "utterance_scores.tsv") as f:
+        return {r["key"]: r["label"] for r in csv.DictReader(f, delimiter="\t")}
+
+
+def test_drop_unsure_drops_what_margin_zero_relabels_and_the_margin_does_not(trained_run, tmp_path):
+    """--drop-unsure at margin M drops exactly the utterances whose gain is in [0, M): those relabelled at margin 0
+    but not at M. Three 1-epoch retrainings of the same scores (the source's embedding cache)."""
+    plant_noise(trained_run, tmp_path / "noisy")
+    common = ["--from", str(tmp_path / "noisy"), "--exp-dir", str(tmp_path), "--keep", "0", "50", "--action",
+              "relabel", "--relabel-from", "all", "--epochs", "1", "--threads", "1", "--val-trials", "",
+              "--bootstrap", "0"]
+    reports = {}
+    for name, extra in [("m0", ["--relabel-margin", "0"]), ("m03", ["--relabel-margin", "0.3"]),
+                        ("unsure", ["--relabel-margin", "0.3", "--drop-unsure"])]:
+        [reports[name]] = train_sort.main([*common, *extra, "--name", name])
+    noisy = {u.key: u.speaker for u in load_utterance_list(tmp_path / "noisy" / "train_list.jsonl")}
+    moved = {run: {k for k, label in labels_of(tmp_path / run).items() if label not in ("-", noisy[k])}
+             for run in reports}
+    dropped = {k for k, label in labels_of(tmp_path / "unsure").items() if label == "-"}
+    assert moved["unsure"] == moved["m03"] <= moved["m0"]  # the same relabels as without --drop-unsure
+    assert dropped == moved["m0"] - moved["m03"] and dropped  # the unsure ones: gain in [0, 0.3)
+    assert reports["unsure"]["removed"] == len(dropped) and reports["m03"]["removed"] == 0
+    assert reports["unsure"]["kept"] == 36 - len(dropped)
 
 
 def test_score_average_ranks_with_the_weight_average_of_the_last_epochs(trained_run, tmp_path):
@@ -355,3 +403,28 @@ def test_score_average_ranks_with_the_weight_average_of_the_last_epochs(trained_
         train_sort.scoring_checkpoint(run, Config(score_average=2))
     cfg = Config(keep=[0.0, 80.0], action="relabel", score_average=3)
     assert train_sort.method_text(cfg) == "0-80 (centroid, average of 3, relabel"
+
+
+def test_the_retraining_scores_in_training_filtering_against_its_wrong_labels(trained_run, tmp_path, monkeypatch):
+    """train_sort hands train() the keys whose retraining label is not their true speaker (moved ones left or
+    sent to a third speaker, clean ones moved away), which log.csv's left-out precision and recall count."""
+    moved = {m.key: m for m in plant_noise(trained_run, tmp_path / "noisy")}
+    noisy = {u.key: u.speaker for u in load_utterance_list(tmp_path / "noisy" / "train_list.jsonl")}
+    given = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(cfg, *, utterances, run, kept, moved):
+        given.update(run=run, moved=set(moved))
+        raise Stop
+
+    monkeypatch.setattr(train_sort, "train", fake_train)
+    with pytest.raises(Stop):
+        train_sort.main(["--from", str(tmp_path / "noisy"), "--exp-dir", str(tmp_path), "--keep", "0", "50",
+                         "--action", "relabel", "--relabel-from", "all", "--relabel-margin", "0", "--threads", "1"])
+    with open(given["run"] / "utterance_scores.tsv") as f:
+        labels = {r["key"]: r["label"] for r in csv.DictReader(f, delimiter="\t")}
+    truth = {k: moved[k].true_speaker if k in moved else speaker for k, speaker in noisy.items()}
+    assert given["moved"] == {k for k, label in labels.items() if label != "-" and label != truth[k]}
+    assert given["moved"] - set(moved)  # clean ones moved away count too (a tiny model relabels some at margin 0)
