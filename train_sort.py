@@ -525,16 +525,34 @@ class Round:
         return f"{self.method}, round {self.number})"
 
 
+def method_choices(cfg: Config) -> list[tuple[str, str]]:
+    """The scoring choices that tell one train_sort run from another (the range and --sort-by aside), in order:
+    (its token in the folder name, its words in the research log) each."""
+    choices = [(f"avg{cfg.score_average}", f"average of {cfg.score_average}")] if cfg.score_average else []
+    if cfg.action != "drop":
+        choices.append((cfg.action, cfg.action))
+        if cfg.relabel_from == "all":
+            choices.append(("all", "from all"))
+        if cfg.relabel_margin != Config.relabel_margin:
+            choices.append((f"m{cfg.relabel_margin:g}", f"margin {cfg.relabel_margin:g}"))
+        if cfg.drop_unsure:
+            choices.append(("unsure", "unsure dropped"))
+    return choices
+
+
 def method_text(cfg: Config) -> str:
     if cfg.oracle:
         return f"oracle ({cfg.oracle}"
     low, high = percent_range(cfg.keep)
-    action = "" if cfg.action == "drop" else (f", {cfg.action}" + (", from all" if cfg.relabel_from == "all" else "")
-                                              + (f", margin {cfg.relabel_margin:g}"
-                                                 if cfg.relabel_margin != Config.relabel_margin else "")
-                                              + (", unsure dropped" if cfg.drop_unsure else ""))
-    average = f", average of {cfg.score_average}" if cfg.score_average else ""
-    return f"{low:g}-{high:g} ({cfg.sort_by}{average}{action}"
+    return f"{low:g}-{high:g} ({cfg.sort_by}" + "".join(f", {words}" for _, words in method_choices(cfg))
+
+
+def method_name(cfg: Config) -> str:
+    """The folder name's method part: oracle-<mode>, or keep<low>-<high>-<sort_by>[-<choice>...]."""
+    if cfg.oracle:
+        return f"oracle-{cfg.oracle}"
+    low, high = percent_range(cfg.keep)
+    return f"keep{low:g}-{high:g}-{cfg.sort_by}" + "".join(f"-{token}" for token, _ in method_choices(cfg))
 
 
 def round_figures(r: Round, chosen: Selection, utts: Sequence[Utterance], noise: dict[str, MovedLabel],
@@ -634,13 +652,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cfg = build_config(overrides, base={**saved, "resume": False})
     check_source(cfg, trained, noise, source)
     d = init_distributed(cfg.device, cfg.dist_timeout_min)  # under torchrun: every rank embeds its share
-    low, high = percent_range(cfg.keep)
-    method = (f"oracle-{cfg.oracle}" if cfg.oracle else f"keep{low:g}-{high:g}-{cfg.sort_by}"
-              + (f"-avg{cfg.score_average}" if cfg.score_average else "")
-              + ("" if cfg.action == "drop" else f"-{cfg.action}") + ("-all" if cfg.relabel_from == "all" else "")
-              + (f"-m{cfg.relabel_margin:g}" if cfg.action != "drop" and cfg.relabel_margin != Config.relabel_margin
-                 else "") + ("-unsure" if cfg.drop_unsure else ""))
-    root = Path(cfg.exp_dir) / (overrides.get("name") or f"{source.name}-{method}")
+    root = Path(cfg.exp_dir) / (overrides.get("name") or f"{source.name}-{method_name(cfg)}")
     reports = run_rounds(cfg, root, trained, utts, rows, noise, test_eer(cfg, trained))
     finish_distributed(d)
     return reports
