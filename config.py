@@ -193,6 +193,10 @@ class Config:
     # range) | all (any utterance clearly nearer another speaker's centre, inside the range too)
     drop_unsure: bool = False  # relabel and auto: drop the candidates at least as near another speaker's centre as
     # their own but not clearly nearer (0 <= cos(other) - cos(own) < relabel_margin) instead of keeping their label
+    cross_folds: int = 0  # relabel and auto: 0 = off; K >= 2 = check each relabel with a model that never saw the
+    # utterance: K models, each trained on K-1 of K folds of every speaker's utterances (the source's config, as
+    # many steps as the source), and a relabel stands only where the source's model and the held-out one name the
+    # same speaker past the margin; where only one does, or they differ, the utterance is dropped
     score_average: int = 0  # rank with the weight average of the source's last N epoch checkpoints (its
     # checkpoints/avg_last_N.pt, as --average-last writes it; needs that many kept) instead of its best.pt; each
     # later round averages the previous round's. 0 = best.pt (bench.bench_relabel: fewer wrong relabels with 3)
@@ -214,7 +218,7 @@ EVAL_KEYS = ("test_data", "test_trials", "eval_batch_size", "max_eval_frames", "
 INFERENCE_ONLY = ("checkpoint", "calibrate", "calibrate_data", "val_data", "decision_p_target", "decision_threshold",
                   "runtime", "onnx_file")
 SORT_KEYS = ("source", "keep", "sort_by", "min_keep", "rounds", "action", "relabel_margin", "relabel_from",
-             "drop_unsure", "score_average", "oracle")
+             "drop_unsure", "cross_folds", "score_average", "oracle")
 
 
 def _train_keys() -> tuple[str, ...]:
@@ -265,7 +269,7 @@ NON_NEGATIVE = ("threads", "keep_checkpoints", "utts_per_speaker", "num_workers"
                 "freq_mask_width", "time_masks", "time_mask_width", "channels", "embed_dim", "warmup_epochs",
                 "momentum", "weight_decay", "grad_clip", "max_eval_frames", "min_keep", "relabel_margin",
                 "margin", "eval_crops", "bootstrap", "checkpoint_every", "average_last", "cohort_utts_per_speaker",
-                "filter_warmup", "score_average")
+                "filter_warmup", "score_average", "cross_folds")
 
 
 def _validate(cfg: Config) -> None:
@@ -288,6 +292,8 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{key}: must be >= 0, got {getattr(cfg, key)}")
     if not 0.0 <= cfg.label_noise < 1.0:
         raise ConfigError(f"label_noise: must be in [0, 1), got {cfg.label_noise}")
+    if cfg.cross_folds == 1:
+        raise ConfigError("cross_folds: 0 (off) or the number of folds, at least 2; got 1")
     if not 0.0 <= cfg.filter_share < 1.0:
         raise ConfigError(f"filter_share: must be in [0, 1), got {cfg.filter_share}")
     if not 0.0 <= cfg.filter_weight <= 1.0:

@@ -8,6 +8,8 @@ relabel them, retrain.
     python train_sort.py --from exp/RUN --keep 0 80 --action relabel --relabel-from all --score-average 3
     python train_sort.py --from exp/RUN --keep 0 80 --action relabel --relabel-from all --relabel-margin 0.2 \
         --drop-unsure --score-average 3                            # the unsure ones dropped, not relabelled
+    python train_sort.py --from exp/RUN --keep 0 80 --action relabel --relabel-from all --relabel-margin 0.2 \
+        --cross-folds 2 --score-average 3                          # relabel where a held-out model agrees
     python train_sort.py --from exp/SUBCENTER_RUN --keep 0 80 --sort-by subcenter --loss aam
     python train_sort.py --from exp/NOISY_RUN --oracle relabel     # the moved utterances back to their speaker
 
@@ -41,7 +43,14 @@ the kept range too (a speaker given more mislabelled utterances than the flagged
 otherwise); the flagged ones that do not move are kept (relabel) or dropped (auto) as before. `--drop-unsure`
 drops the candidates that are at least as near another speaker's centre as their own but not clearly nearer
 (0 <= gain < --relabel-margin): neither label can be trusted for them, and a wrong label costs more than a
-missing utterance (bench/bench_relabel.py counts what it leaves wrong).
+missing utterance (bench/bench_relabel.py counts what it leaves wrong). `--cross-folds K` checks every relabel
+with a model that never trained on the utterance: each speaker's utterances are dealt into K folds (seeded), K
+models are trained like the source on all folds but one (as many steps as the source; exp/<source>-folds<K>/,
+reused by any command asking for the same folds), and a relabel stands only where the source's model and the
+held-out one (its own centres, from its embeddings) both name the same speaker past the margin; a relabel
+that only one of them makes, or to different speakers, is dropped. A model's confident mistakes on utterances
+it was trained on are what it cannot see; the held-out model does not share them. The fold models are trained
+once and check every round.
 A speaker's centre: its mean embedding (centroid; an utterance left out of its own speaker's), its class weight
 (class_weight, loss), its dominant sub-centre (subcenter). The ranking model is the source's best.pt, or with
 `--score-average N` the weight average of its last N epoch checkpoints (checkpoints/avg_last_N.pt, written
@@ -50,7 +59,7 @@ bench/bench_relabel.py, leaves fewer labels wrong. `--oracle drop|relabel` ignor
 exactly the moved utterances of the source's label_noise.txt, or gives them back their true speaker.
 
 Scores, the retraining labels and a report go to
-exp/<source>-keep<low>-<high>-<sort_by>[-avg<N>][-<action>][-all][-m<margin>][-unsure]/round<k>/
+exp/<source>-keep<low>-<high>-<sort_by>[-avg<N>][-<action>][-all][-m<margin>][-unsure][-cross<K>]/round<k>/
 (exp/<source>-oracle-<drop|relabel>/ for the oracle); when the source run injected label noise, the report gives
 precision and recall of the removed utterances against the ones that moved, how many moved utterances were
 relabelled and how many of those went to their true speaker.
@@ -74,7 +83,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from config import SORT_KEYS, Config, build_config, check_model_keys, make_parser, parse_args
+from config import RUN_KEYS, SORT_KEYS, Config, build_config, check_model_keys, make_parser, parse_args
 from data.corpus import MovedLabel, Utterance, load_utterance_list, speakers_of
 from data.crops import speed_speakers
 from data.samplers import round_half_up
@@ -250,6 +259,39 @@ def unsure(embeddings: np.ndarray, labels: np.ndarray, own: np.ndarray, centres:
     return relabel_choice(embeddings, labels, own, centres, candidates, margin)[1]
 
 
+def fold_of(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """(N,) each utterance's fold in 0..folds-1: every speaker's utterances shuffled (seeded) and dealt out in turn
+    from a random fold, so that each fold holds about 1/folds of every speaker, and of the list."""
+    rng = np.random.default_rng(seed)
+    fold = np.zeros(len(labels), dtype=int)
+    for speaker in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == speaker))
+        fold[idx] = (np.arange(len(idx)) + rng.integers(folds)) % folds
+    return fold
+
+
+def held_out_targets(fold_embeddings: Sequence[np.ndarray], fold: np.ndarray, labels: np.ndarray,
+                     candidates: np.ndarray, margin: float) -> dict[int, int]:
+    """relabel_choice's targets, each candidate judged by the fold model that never trained on it
+    (fold_embeddings[k]: (N, D), model k's embeddings of every utterance), in that model's space: the centres
+    are its mean embeddings of each speaker's utterances, an utterance left out of its own speaker's."""
+    targets: dict[int, int] = {}
+    for k, emb in enumerate(fold_embeddings):
+        sums = np.zeros((labels.max() + 1, emb.shape[1]))
+        np.add.at(sums, labels, emb)
+        own = leave_one_out_centroid_scores(emb, labels)
+        mine = candidates[fold[candidates] == k]
+        targets.update(relabel_choice(emb, labels, own, l2_normalise(sums), mine, margin)[0])
+    return targets
+
+
+def cross_check(targets: dict[int, int], held_out: dict[int, int]) -> tuple[dict[int, int], set[int]]:
+    """(the relabels both models make, to the same speaker; the disputed: moved by one model only, or to
+    different speakers), what --cross-folds relabels and drops."""
+    agreed = {i: t for i, t in targets.items() if held_out.get(i) == t}
+    return agreed, (set(targets) | set(held_out)) - set(agreed)
+
+
 def new_labels(utts: Sequence[Utterance], speakers: Sequence[str], kept: np.ndarray, targets: dict[int, int],
                action: str, dropped: Collection[int] = ()) -> list[str | None]:
     """Each utterance's label in the retraining list, None = dropped: one with a target moves to it (relabel,
@@ -389,7 +431,7 @@ def class_rows(trained: Trained, utts: Sequence[Utterance], source: Path) -> np.
 
 # what the oracle ignores
 SCORE_KEYS = ("keep", "sort_by", "min_keep", "action", "relabel_margin", "relabel_from", "drop_unsure",
-              "score_average")
+              "cross_folds", "score_average")
 
 
 def check_command_line(cli: Config, overrides: dict[str, object]) -> None:
@@ -400,7 +442,7 @@ def check_command_line(cli: Config, overrides: dict[str, object]) -> None:
     given = [k for k in SCORE_KEYS if k in overrides]
     if cli.oracle and given:
         raise UserError(f"--{given[0].replace('_', '-')}: --oracle ignores the scores; give one or the other")
-    for key in ("relabel_margin", "relabel_from", "drop_unsure"):
+    for key in ("relabel_margin", "relabel_from", "drop_unsure", "cross_folds"):
         if key in overrides and cli.action == "drop":
             raise UserError(f"--{key.replace('_', '-')}: --action drop relabels nothing; use --action relabel or auto")
 
@@ -420,6 +462,59 @@ def check_source(cfg: Config, trained: Trained, noise: dict[str, MovedLabel], so
     if cfg.rounds > 1 and cfg.loss != "subcenter_aam":
         raise UserError(f"--sort-by subcenter --rounds {cfg.rounds}: round 2 ranks with the retrained model, "
                         f"which needs --loss subcenter_aam (this command retrains with {cfg.loss})")
+
+
+# --- the held-out folds (--cross-folds) ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Folds:
+    fold: np.ndarray  # (N,) each source utterance's fold
+    models: list[Trained]  # model k: trained on every fold but k, so it never saw the utterances of fold k
+
+
+def fold_state(cfg: Config, out: Path, part: Sequence[Utterance]) -> str:
+    """"new", "finished" (reused by any command asking for the same folds) or "unfinished" (continued with
+    --resume) of a fold model's folder; one trained on another list is an error."""
+    if latest_checkpoint(out) is None and not (out / "results.json").is_file():
+        return "new"
+    if not trained_on(out, part):
+        raise UserError(f"{out}: trained on another list than this command's fold (another source list or --seed); "
+                        f"move it away or use another --exp-dir")
+    if (out / "results.json").is_file():
+        return "finished"
+    if not cfg.resume:
+        raise UserError(f"{out}: holds an unfinished fold model; pass --resume to continue it")
+    return "unfinished"
+
+
+def fold_models(cfg: Config, source: Path, saved: dict, utts: list[Utterance],
+                noise: dict[str, MovedLabel]) -> Folds | None:
+    """--cross-folds K: K models trained like the source (its config, this command's device, precision, threads
+    and seed) for as many steps as the source's (its epochs x K/(K-1) on (K-1)/K of the list), model k on every
+    fold but k, in exp_dir/<source>-folds<K>/fold<k>/. Ranked like the source (--score-average)."""
+    if not cfg.cross_folds:
+        return None
+    k_folds = cfg.cross_folds
+    index = {s: i for i, s in enumerate(speakers_of(utts))}
+    fold = fold_of(np.array([index[u.speaker] for u in utts]), k_folds, cfg.seed)
+    keep = saved["keep_checkpoints"]
+    base = {**saved, **{key: getattr(cfg, key) for key in RUN_KEYS}, "resume": False,
+            "epochs": -(-saved["epochs"] * k_folds // (k_folds - 1)),
+            "keep_checkpoints": max(keep, cfg.score_average) if keep else 0}
+    models = []
+    for k in range(k_folds):
+        out = Path(cfg.exp_dir) / f"{source.name}-folds{k_folds}" / f"fold{k}"
+        part = [u for u, f in zip(utts, fold) if f != k]
+        state = fold_state(cfg, out, part)
+        if state != "finished":
+            log.info("--cross-folds %d: training fold model %d on %d of %d utterances (%s)", k_folds, k, len(part),
+                     len(utts), out)
+            run_cfg = build_config({"name": f"{out.parent.name}/{out.name}", "resume": state == "unfinished"},
+                                   base=base)
+            train(run_cfg, utterances=part, run=out, kept=f"fold {k} of {k_folds} held out",
+                  moved=[u.key for u in part if u.key in noise])
+        models.append(load_trained(scoring_checkpoint(out, cfg)))
+    return Folds(fold, models)
 
 
 # --- one round ---------------------------------------------------------------------------------------------
@@ -442,7 +537,7 @@ def embed(trained: Trained, utts: Sequence[Utterance], cfg: Config) -> np.ndarra
 
 
 def select(trained: Trained, utts: list[Utterance], rows: np.ndarray, cfg: Config,
-           noise: dict[str, MovedLabel]) -> Selection:
+           noise: dict[str, MovedLabel], folds: Folds | None = None) -> Selection:
     """This round's labels and scores (module docstring)."""
     if cfg.oracle:
         return Selection(oracle_labels(utts, noise, cfg.oracle), len(noise), scores=np.full(len(utts), np.nan))
@@ -456,11 +551,18 @@ def select(trained: Trained, utts: list[Utterance], rows: np.ndarray, cfg: Confi
     candidates = np.arange(len(utts)) if cfg.relabel_from == "all" else flagged
     targets, doubtful = (({}, set()) if cfg.action == "drop" else
                          relabel_choice(embeddings, ids, scores.own, scores.centres, candidates, cfg.relabel_margin))
-    labels = new_labels(utts, speakers, kept, targets, cfg.action, doubtful if cfg.drop_unsure else ())
-    extra = {}
+    disputed: set[int] = set()
+    if folds is not None:
+        held_out = held_out_targets([embed(m, utts, cfg) for m in folds.models], folds.fold, ids, candidates,
+                                    cfg.relabel_margin)
+        targets, disputed = cross_check(targets, held_out)
+    labels = new_labels(utts, speakers, kept, targets, cfg.action, (doubtful if cfg.drop_unsure else set()) | disputed)
+    extra: dict[str, int] = {}
+    if folds is not None:
+        extra |= {"disputed": len(disputed), "disputed_moved": sum(utts[i].key in noise for i in disputed)}
     if scores.suspects is not None:
-        extra = {"non_dominant": int(scores.suspects.sum()),
-                 "non_dominant_moved": sum(u.key in noise for u, s in zip(utts, scores.suspects) if s)}
+        extra |= {"non_dominant": int(scores.suspects.sum()),
+                  "non_dominant_moved": sum(u.key in noise for u, s in zip(utts, scores.suspects) if s)}
     return Selection(labels, len(flagged), extra, scores.score)
 
 
@@ -496,6 +598,9 @@ def result_line(report: dict) -> str:
                  f"{report['relabelled_to_true']} to their true speaker")
     if report.get("still_wrong") is not None:
         line += f"; {report['still_wrong']} labels left wrong in the retraining list"
+    if "disputed" in report:
+        line += (f"; {report['disputed']} relabels disputed by the held-out folds, dropped"
+                 + (f" ({report['disputed_moved']} of them moved)" if report["moved"] else ""))
     if "non_dominant" in report:
         line += (f"; {report['non_dominant']} utterances nearest a non-dominant sub-centre"
                  + (f" ({report['non_dominant_moved']} of them moved)" if report["moved"] else ""))
@@ -537,6 +642,8 @@ def method_choices(cfg: Config) -> list[tuple[str, str]]:
             choices.append((f"m{cfg.relabel_margin:g}", f"margin {cfg.relabel_margin:g}"))
         if cfg.drop_unsure:
             choices.append(("unsure", "unsure dropped"))
+        if cfg.cross_folds:
+            choices.append((f"cross{cfg.cross_folds}", f"cross-checked by {cfg.cross_folds} folds"))
     return choices
 
 
@@ -562,6 +669,13 @@ def round_figures(r: Round, chosen: Selection, utts: Sequence[Utterance], noise:
             "kept": kept, "total": len(utts), **outcome(utts, chosen.labels, noise), **chosen.extra}
 
 
+def trained_on(run: Path, utts: Sequence[Utterance]) -> bool:
+    """Whether the run folder's train_list.jsonl is `utts`, keys and labels."""
+    saved = run / "train_list.jsonl"
+    return saved.is_file() and ([(u.key, u.speaker) for u in load_utterance_list(saved)] ==
+                                [(u.key, u.speaker) for u in utts])
+
+
 def earlier_round(cfg: Config, r: Round, retraining: Sequence[Utterance]) -> str:
     """"new", or what an earlier run left in the round's folder: "finished" (its report and results) or
     "unfinished" (checkpoints); both only with --resume, and only when it trained on this round's list."""
@@ -569,9 +683,7 @@ def earlier_round(cfg: Config, r: Round, retraining: Sequence[Utterance]) -> str
         return "new"
     if not cfg.resume:
         raise UserError(f"{r.out}: holds an earlier round; pass --resume to continue it, or another --name")
-    saved = r.out / "train_list.jsonl"
-    if not saved.is_file() or ([(u.key, u.speaker) for u in load_utterance_list(saved)] !=
-                               [(u.key, u.speaker) for u in retraining]):
+    if not trained_on(r.out, retraining):
         raise UserError(f"{r.out}: trained on another list than round {r.number} of this command selects (another "
                         f"source, range, action or flag); --resume continues the same command only, or use another "
                         f"--name")
@@ -606,7 +718,7 @@ def retrain(cfg: Config, r: Round, chosen: Selection, utts: list[Utterance], noi
 
 
 def run_rounds(cfg: Config, root: Path, trained: Trained, utts: list[Utterance], rows: np.ndarray,
-               noise: dict[str, MovedLabel], eer_before: float) -> list[dict]:
+               noise: dict[str, MovedLabel], eer_before: float, folds: Folds | None = None) -> list[dict]:
     """Up to cfg.rounds rounds, each re-scoring the full source list with the newest model; a round whose
     list and labels equal the previous round's is not retrained (it would train the same model again) and
     ends them: its report.json says so ("retrained": false, "stopped")."""
@@ -614,7 +726,7 @@ def run_rounds(cfg: Config, root: Path, trained: Trained, utts: list[Utterance],
     previous = None
     for k in range(1, cfg.rounds + 1):
         r = Round(k, root, method_text(cfg))
-        chosen = select(trained, utts, rows, cfg, noise)
+        chosen = select(trained, utts, rows, cfg, noise, folds)
         if chosen.labels == previous:
             log.info("round %d: kept list unchanged, stopping", k)
             report = {**round_figures(r, chosen, utts, noise, cfg), "retrained": False,
@@ -653,7 +765,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     check_source(cfg, trained, noise, source)
     d = init_distributed(cfg.device, cfg.dist_timeout_min)  # under torchrun: every rank embeds its share
     root = Path(cfg.exp_dir) / (overrides.get("name") or f"{source.name}-{method_name(cfg)}")
-    reports = run_rounds(cfg, root, trained, utts, rows, noise, test_eer(cfg, trained))
+    folds = fold_models(cfg, source, saved, utts, noise)  # --cross-folds
+    reports = run_rounds(cfg, root, trained, utts, rows, noise, test_eer(cfg, trained), folds)
     finish_distributed(d)
     return reports
 

@@ -13,7 +13,11 @@ bench_sort has run), and train_sort's own rule (train_sort.relabel_choice on the
 --margins value, to the flagged utterances (--relabel-from flagged: outside the --keep range, 0-80 as in
 bench_sort) and to all of them (--relabel-from all), and, above margin 0, to all of them with --drop-unsure (the
 utterances at least as near another speaker's centre as their own, but by less than the margin, dropped: the
-"dropped" column). A last row per source applies the centroid all-rule at the
+"dropped" column). With `--cross-folds K`, rows "cross-checked by K folds" apply train_sort --cross-folds K's rule
+(from all, centroid): a relabel stands where the source's model and the fold model that never trained on the
+utterance agree, the disputed ones dropped; the fold models are the ones train_sort trained
+(<root>/<corpus>/seed<s>/noisy-<n>-folds<K>/fold<k>, e.g. by bench_sort --methods relabel-all-cross), ranked by
+the same --score-average. A last row per source applies the centroid all-rule at the
 default margin three times, each pass to the previous one's labels (centres recomputed, no retraining): whether
 iterating the rule repairs more.
 
@@ -33,10 +37,13 @@ from pathlib import Path
 import numpy as np
 
 from config import Config
+from data.corpus import Utterance
 from evaluation import read_train_list
 from runs import Trained, load_trained
 from train_sort import (
     class_rows,
+    cross_check,
+    held_out_targets,
     kept_mask,
     read_label_noise,
     relabel_choice,
@@ -67,8 +74,25 @@ def relabel_once(embeddings: np.ndarray, labels: np.ndarray, margin: float, keep
     return out
 
 
+def fold_embeddings(run: Path, utts: list[Utterance], cross_folds: int,
+                    score_average: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """train_sort --cross-folds' fold models of a noisy run: each one's embeddings of the run's list (N, D), and
+    each utterance's fold (N,): the model whose training list lacks it."""
+    embeddings, fold = [], np.full(len(utts), -1)
+    for k in range(cross_folds):
+        out = run.parent / f"{run.name}-folds{cross_folds}" / f"fold{k}"
+        if not (out / "results.json").is_file():
+            raise UserError(f"{out}: no finished fold model; train_sort --cross-folds {cross_folds} trains it "
+                            f"(python -m bench.bench_sort --methods relabel-all-cross ...)")
+        model = load_trained(scoring_checkpoint(out, Config(exp_dir=str(run.parent), score_average=score_average)))
+        embeddings.append(embed_training_list(model, utts, model.cfg))
+        seen = {u.key for u in read_train_list(out)}
+        fold[[i for i, u in enumerate(utts) if u.key not in seen]] = k
+    return embeddings, fold
+
+
 def source_rows(run: Path, margins: list[float], keep: tuple[float, float], score_average: int,
-                sort_by: str = "centroid") -> list[tuple[str, int, int, int, int]]:
+                sort_by: str = "centroid", cross_folds: int = 0) -> list[tuple[str, int, int, int, int]]:
     """(rule, relabelled, relabelled to the true speaker, labels wrong after, dropped) per rule, for one noisy run
     ranked by the model train_sort --score-average `score_average` would use, scored and relabelled --sort-by
     `sort_by`. The rule applied 3 times (centres recomputed) only for centroid: class weights do not move."""
@@ -100,6 +124,17 @@ def source_rows(run: Path, margins: list[float], keep: tuple[float, float], scor
                               relabel_once(embeddings, noisy, margin, None, trained, rows, sort_by, drop_unsure=True)))
     if sort_by != "centroid":
         return out
+    if cross_folds:
+        held, fold = fold_embeddings(run, utts, cross_folds, score_average)
+        scores = utterance_scores(trained, sort_by, embeddings, noisy, rows)
+        every = np.arange(len(utts))
+        for margin in margins:
+            targets = relabel_choice(embeddings, noisy, scores.own, scores.centres, every, margin)[0]
+            agreed, disputed = cross_check(targets, held_out_targets(held, fold, noisy, every, margin))
+            labels = noisy.copy()
+            labels[list(agreed)] = list(agreed.values())
+            labels[sorted(disputed)] = -1
+            out.append(counts(f"margin {margin:g}, from all, cross-checked by {cross_folds} folds", labels))
     labels = noisy
     for _ in range(3):  # centres recomputed from the previous pass's labels, no retraining
         labels = relabel_once(embeddings, labels, DEFAULT_MARGIN, None, trained, rows)
@@ -123,8 +158,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="train_sort's --score-average values compared (0 = best.pt)")
     parser.add_argument("--sort-by", nargs="+", default=["centroid"], choices=["centroid", "class_weight"],
                         help="train_sort's --sort-by values compared: the scores and the centres relabelled to")
+    parser.add_argument("--cross-folds", type=int, default=0, help="also train_sort --cross-folds K's rule, with "
+                        "the fold models train_sort made for each noisy run (0 = not)")
     parser.add_argument("--root", default="exp/bench_sort", help="bench_sort's --root")
     args = parser.parse_args(argv)
+    if args.cross_folds == 1 or args.cross_folds < 0:
+        raise UserError(f"--cross-folds: 0 (off) or the number of folds, at least 2; got {args.cross_folds}")
     runs = {c: [Path(args.root) / c / f"seed{s}" / f"noisy-{args.noise:g}" for s in args.seeds] for c in args.corpus}
     for run in (r for rs in runs.values() for r in rs):
         if not (run / "train_list.jsonl").is_file():
@@ -137,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
         for average in args.score_average:
             model = f"average of the last {average}" if average else "best.pt"
             for sort_by in args.sort_by:
-                per_seed = [source_rows(run, args.margins, tuple(args.keep), average, sort_by) for run in sources]
+                per_seed = [source_rows(run, args.margins, tuple(args.keep), average, sort_by, args.cross_folds)
+                            for run in sources]
                 for i, (rule, *_) in enumerate(per_seed[0]):
                     columns = [cell([rows[i][k] for rows in per_seed]) for k in (1, 2, 3, 4)]
                     print(f"| {corpus} | {' '.join(map(str, args.seeds))} | {model} | {sort_by} | {rule} | "

@@ -18,6 +18,9 @@ and for each noise level the methods (--methods; drop, relabel, auto and subcent
   clearly nearer another speaker's centre moves, flagged or not);
 - relabel-all-unsure: noisy-<n>-keep<lo>-<hi>-relabel-all[-m<M>]-unsure, relabel-all with --drop-unsure (the utterances
   as near another speaker's centre as their own, but not clearly nearer, dropped);
+- relabel-all-cross: noisy-<n>-keep<lo>-<hi>-relabel-all[-m<M>]-cross2, relabel-all with --cross-folds 2 (a relabel
+  stands where a model trained on the other half of each speaker's utterances agrees; the disputed ones dropped;
+  the two half-list models in noisy-<n>-folds2/);
 - subcenter: noisy-<n>-subcenter, train.py --label-noise n --loss subcenter_aam (a row of its own: Deng et al.'s
   head alone), then noisy-<n>-subcenter-keep<lo>-<hi>, train_sort.py --sort-by subcenter on it, retrained with
   the noisy run's loss so that the row compares with the others;
@@ -76,7 +79,8 @@ log = logging.getLogger("voiceprint")
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS_CONFIGS = {"demo": None, "harmonic": ROOT / "recipes" / "harmonic.yaml"}  # --config of every run
-SORTED = ("drop", "relabel", "auto", "relabel-all", "auto-all", "relabel-all-unsure")  # train_sort --action ...
+# train_sort --action ...
+SORTED = ("drop", "relabel", "auto", "relabel-all", "auto-all", "relabel-all-unsure", "relabel-all-cross")
 METHODS = (*SORTED, "subcenter", "intrain", "oracle-drop", "oracle-relabel")
 OWNED = ("seed", "name", "exp_dir", "resume", "label_noise", "filter_share", "filter_warmup")  # set per run
 VERDICT_WORDS = {"A better": "better", "B better": "worse", "not resolved": "not resolved"}
@@ -139,10 +143,10 @@ def sort_run(root: Path, name: str, source: str, flags: list[str], rounds: int) 
     folder = root / name
     reports = round_reports(folder)
     if len(reports) < rounds and not any(not r["retrained"] for r in reports):
-        resume = ["--resume"] if folder.is_dir() else []  # a finished round is reused, a killed one continues
+        # --resume: a finished round or fold model is reused, a killed one continues
         log.info("bench_sort: train_sort %s, %d round(s)", folder, rounds)
         train_sort.main(["--exp-dir", str(root), "--name", name, "--from", str(root / source), "--rounds",
-                         str(rounds), *resume, *flags])
+                         str(rounds), "--resume", *flags])
         reports = round_reports(folder)
     out: list[tuple[Path, dict]] = []
     for k in range(1, rounds + 1):
@@ -211,8 +215,8 @@ def range_name(keep: tuple[float, float]) -> str:
 
 
 def sorted_rows(n: Noisy, plan: Plan, method: str) -> list[dict]:
-    """drop, relabel, auto, relabel-all, auto-all, relabel-all-unsure: train_sort --action (-all: --relabel-from
-    all; -unsure: --drop-unsure) per range."""
+    """drop, relabel, auto, relabel-all, auto-all, relabel-all-unsure, relabel-all-cross: train_sort --action
+    (-all: --relabel-from all; -unsure: --drop-unsure; -cross: --cross-folds 2) per range."""
     action, *scope = method.split("-")
     extra = [] if action == "drop" else ["--action", action] + (["--relabel-from", "all"] if "all" in scope else [])
     suffix = "" if action == "drop" else f"-{action}" + ("-all" if "all" in scope else "")  # train_sort's own order
@@ -224,6 +228,9 @@ def sorted_rows(n: Noisy, plan: Plan, method: str) -> list[dict]:
     if "unsure" in scope:
         extra += ["--drop-unsure"]
         suffix += "-unsure"
+    if "cross" in scope:
+        extra += ["--cross-folds", "2"]
+        suffix += "-cross2"
     if plan.score_average:
         extra += ["--score-average", str(plan.score_average)]
         suffix = f"-avg{plan.score_average}{suffix}"
@@ -370,8 +377,8 @@ def table(per_seed: list[list[dict]], verdicts: dict[str, str]) -> str:
 
 def notes(plan: Plan, corpus: str, rounds: int) -> str:
     text = (f"\nCorpus: {corpus}. Methods: drop / relabel / auto = train_sort.py --action, centroid scores, the "
-            "kept range after the name (-all: --relabel-from all; -unsure: --drop-unsure; margin M: "
-            "--relabel-margin M; avg N: ranked by the weight average of the last N epochs; round k: the k-th "
+            "kept range after the name (-all: --relabel-from all; -unsure: --drop-unsure; -cross: --cross-folds 2; "
+            "margin M: --relabel-margin M; avg N: ranked by the weight average of the last N epochs; round k: the k-th "
             "round's retrained model); labels left wrong: in the retraining list, against the true speakers; "
             "precision and recall: of the removed utterances against the moved ones ('-': none removed); "
             "subcenter = the noisy list ranked by a --loss subcenter_aam run's dominant "

@@ -13,7 +13,7 @@ import pytest
 import bench.bench_relabel as bench_relabel
 import bench.bench_sort as bench
 import train_sort
-from config import Config, build_config
+from config import SORT_KEYS, Config, build_config
 from evaluation import read_train_list
 from runs import load_trained
 from tests.conftest import subprocess_env
@@ -105,6 +105,7 @@ def test_each_method_trains_the_runs_it_names(tmp_path, monkeypatch):
                            "noisy-0.1-keep0-80-relabel-all", "noisy-0.1-keep0-90-relabel-all",
                            "noisy-0.1-keep0-80-auto-all", "noisy-0.1-keep0-90-auto-all",
                            "noisy-0.1-keep0-80-relabel-all-unsure", "noisy-0.1-keep0-90-relabel-all-unsure",
+                           "noisy-0.1-keep0-80-relabel-all-cross2", "noisy-0.1-keep0-90-relabel-all-cross2",
                            "noisy-0.1-subcenter-keep0-80", "noisy-0.1-subcenter-keep0-90",
                            "noisy-0.1-oracle-drop", "noisy-0.1-oracle-relabel"]
     assert names["noisy-0.1-keep0-90-auto"] == ("noisy-0.1", ["--epochs", "3", "--seed", "1", "--keep", "0", "90",
@@ -112,10 +113,12 @@ def test_each_method_trains_the_runs_it_names(tmp_path, monkeypatch):
     assert names["noisy-0.1-keep0-80-auto-all"][1][-4:] == ["--action", "auto", "--relabel-from", "all"]
     assert names["noisy-0.1-keep0-80-relabel-all-unsure"][1][-5:] == ["--action", "relabel", "--relabel-from", "all",
                                                                     "--drop-unsure"]
+    assert names["noisy-0.1-keep0-80-relabel-all-cross2"][1][-6:] == ["--action", "relabel", "--relabel-from",
+                                                                     "all", "--cross-folds", "2"]
     assert names["noisy-0.1-subcenter-keep0-80"][0] == "noisy-0.1-subcenter"
     assert names["noisy-0.1-subcenter-keep0-80"][1][-4:] == ["--sort-by", "subcenter", "--loss", "am"]
     assert names["noisy-0.1-oracle-relabel"][1][-2:] == ["--oracle", "relabel"]
-    assert [r["method"] for r in rows][:2] == ["clean", "noisy"] and len(rows) == 2 + 2 * 6 + 3 + 1 + 2
+    assert [r["method"] for r in rows][:2] == ["clean", "noisy"] and len(rows) == 2 + 2 * 7 + 3 + 1 + 2
     intrain = next(r for r in rows if r["id"] == "noisy-0.1-intrain")
     assert intrain["method"] == "intrain 0.2 after 3" and (intrain["removed"], intrain["recall"]) == (30, 0.4)
 
@@ -131,7 +134,7 @@ def test_each_method_trains_the_runs_it_names(tmp_path, monkeypatch):
     assert [r["method"] for r in rows[2:]] == ["drop 0-80 avg 3", "relabel-all-unsure 0-80 margin 0.2 avg 3"]
 
 def test_rounds_give_a_row_each_resume_the_earlier_rounds_and_repeat_a_stopped_one(tmp_path, monkeypatch):
-    """--rounds: train_sort is called with --rounds (and --resume when the folder holds earlier rounds); a row
+    """--rounds: train_sort is called with --rounds and --resume (earlier rounds and fold models reused); a row
     per round; a round that stopped (list unchanged) repeats the model, and row, of the round before it."""
     calls = []
 
@@ -216,6 +219,35 @@ def test_bench_relabel_applies_train_sorts_own_rule(trained_run, tmp_path, capsy
                     assert (wrong, dropped) == (found["still_wrong"], found["removed"])
 
 
+def test_bench_relabel_cross_folds_rows_are_train_sorts_cross_checked_selection(trained_run, tmp_path, capsys):
+    """--cross-folds 2: the rows of train_sort --cross-folds 2's rule, with the fold models train_sort trained
+    (found beside the noisy run), equal train_sort's own selection; without the fold models, a one-line error."""
+    run = tmp_path / "demo" / "seed0" / "noisy-0.2"
+    plant_noise(trained_run, run)
+    argv = ["--corpus", "demo", "--seeds", "0", "--root", str(tmp_path), "--margins", "0", "0.1",
+            "--score-average", "0", "--cross-folds", "2"]
+    with pytest.raises(UserError, match="noisy-0.2-folds2/fold0: no finished fold model; train_sort --cross-folds 2"):
+        bench_relabel.main(argv)
+    utts = read_train_list(run)
+    noise = train_sort.read_label_noise(run, utts)
+    trained = load_trained(train_sort.scoring_checkpoint(run, Config()))
+    saved = {k: v for k, v in dataclasses.asdict(trained.cfg).items() if k not in SORT_KEYS}
+    cfg = build_config({"exp_dir": str(run.parent), "threads": 1, "action": "relabel", "relabel_from": "all",
+                        "cross_folds": 2}, base=saved)
+    folds = train_sort.fold_models(cfg, run, saved, utts, noise)
+    capsys.readouterr()
+    bench_relabel.main(argv)
+    table = {row.split(" | ")[4]: [int(x) for x in row.strip(" |").split(" | ")[5:]]
+             for row in capsys.readouterr().out.splitlines()[2:]}
+    rows = train_sort.class_rows(trained, utts, run)
+    for margin in (0.0, 0.1):
+        chosen = train_sort.select(trained, utts, rows, dataclasses.replace(cfg, relabel_margin=margin), noise, folds)
+        found = train_sort.outcome(utts, chosen.labels, noise)
+        assert table[f"margin {margin:g}, from all, cross-checked by 2 folds"] == [
+            found["relabelled"], found["relabelled_to_true"], found["still_wrong"], found["removed"]]
+        assert found["removed"] == chosen.extra["disputed"]
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--relabel-margin", "-0.1"], "--relabel-margin: a cosine gain in [0, 2), got -0.1"),
     (["--relabel-margin", "x"], "--relabel-margin: invalid float value: 'x'"),
@@ -228,3 +260,11 @@ def test_bad_flags_are_one_line_errors(tmp_path, flags, message):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
     assert not any(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+def test_bench_relabel_bad_cross_folds_is_a_one_line_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bench.bench_relabel", "--root", str(tmp_path), "--cross-folds", "1"],
+                          cwd=Path(__file__).resolve().parents[1], env=subprocess_env(), capture_output=True,
+                          text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "--cross-folds: 0 (off) or the number of folds" in lines[0]

@@ -12,13 +12,16 @@ import pytest
 import torch
 
 import train_sort
-from config import Config, build_config
+from config import Config, build_config, load_yaml
 from data.corpus import MovedLabel, Utterance, load_utterance_list, save_index, write_moved_labels
 from loss import SubcenterAAMHead
 from train_sort import (
     Round,
     Selection,
+    cross_check,
     detection,
+    fold_of,
+    held_out_targets,
     keep_range,
     keep_typical,
     kept_mask,
@@ -154,6 +157,39 @@ def test_unsure_are_as_near_another_centre_but_not_clearly_nearer():
     assert not set(targets) & unsure(emb, labels, own, centres, every, 0.1)  # relabelled or unsure, never both
 
 
+def test_folds_deal_each_speakers_utterances_evenly_and_are_seeded():
+    labels = np.repeat([0, 1, 2], [7, 4, 1])
+    fold = fold_of(labels, 2, seed=0)
+    for speaker, n in ((0, 7), (1, 4), (2, 1)):
+        counts = np.bincount(fold[labels == speaker], minlength=2)
+        assert counts.sum() == n and counts.max() - counts.min() <= 1
+    assert np.array_equal(fold, fold_of(labels, 2, seed=0))
+    assert not all(np.array_equal(fold, fold_of(labels, 2, seed=s)) for s in range(1, 4))
+    assert set(fold_of(labels, 3, seed=0)[labels == 0]) == {0, 1, 2}
+    odd = np.repeat(np.arange(100), 3)  # the odd one out of each speaker goes to a random fold
+    assert abs(np.bincount(fold_of(odd, 2, seed=0)).tolist()[0] - 150) < 30
+
+
+def test_held_out_targets_judge_each_candidate_in_the_model_that_never_saw_it():
+    """Utterance 0 (fold 0) is judged by model 0 only, utterance 1 (fold 1) by model 1: each model's own
+    centres, from its own embeddings (leave-one-out for the utterance's own speaker)."""
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    fold = np.array([0, 1, 0, 1, 0, 1])
+    speaker_axes = unit((1, 0), (1, 0), (1, 0), (0, 1), (0, 1), (0, 1))
+    model0, model1 = speaker_axes.copy(), speaker_axes.copy()
+    model0[0] = unit((0, 1))[0]  # model 0 puts utterance 0 on speaker 1
+    model1[0] = unit((0, 1))[0]  # so does model 1, but utterance 0 is not its to judge
+    assert held_out_targets([model0, model1], fold, labels, np.arange(6), 0.1) == {0: 1}
+    assert held_out_targets([speaker_axes, model1], fold, labels, np.arange(6), 0.1) == {}
+    assert held_out_targets([model0, model1], fold, labels, np.array([1, 2]), 0.1) == {}  # only the candidates
+
+
+def test_cross_check_keeps_the_relabels_both_models_make_and_disputes_the_rest():
+    agreed, disputed = cross_check({0: 2, 1: 3, 2: 1}, {0: 2, 1: 0, 4: 1})
+    assert agreed == {0: 2} and disputed == {1, 2, 4}
+    assert cross_check({}, {}) == ({}, set())
+
+
 UTTS = [Utterance(f"u{i}", f"/x/u{i}.wav", s) for i, s in enumerate("aabb")]
 
 
@@ -249,6 +285,8 @@ def test_read_label_noise_must_match_the_run(tmp_path):
     ({"oracle": "drop", "relabel_from": "all"}, "--relabel-from: --oracle ignores the scores"),
     ({"drop_unsure": True}, "--drop-unsure: --action drop relabels nothing"),
     ({"oracle": "relabel", "drop_unsure": True}, "--drop-unsure: --oracle ignores the scores"),
+    ({"cross_folds": 2}, "--cross-folds: --action drop relabels nothing"),
+    ({"oracle": "drop", "cross_folds": 2}, "--cross-folds: --oracle ignores the scores"),
     ({"keep": [50, 50]}, "keeps nothing"),
 ])
 def test_command_line_checks(overrides, message):
@@ -428,3 +466,40 @@ def test_the_retraining_scores_in_training_filtering_against_its_wrong_labels(tr
     truth = {k: moved[k].true_speaker if k in moved else speaker for k, speaker in noisy.items()}
     assert given["moved"] == {k for k, label in labels.items() if label != "-" and label != truth[k]}
     assert given["moved"] - set(moved)  # clean ones moved away count too (a tiny model relabels some at margin 0)
+
+
+def test_cross_folds_relabel_where_the_held_out_model_agrees_and_drop_the_disputed(trained_run, tmp_path, capsys):
+    """--cross-folds 2: two fold models trained on the halves of each speaker's list (as many steps as the
+    source: 2 epochs against its 1), reused by a second command; the retraining relabels only what the source's
+    model relabels too (margin 0, from all), and drops exactly the disputed ones."""
+    plant_noise(trained_run, tmp_path / "noisy")
+    common = ["--from", str(tmp_path / "noisy"), "--exp-dir", str(tmp_path), "--keep", "0", "50", "--action",
+              "relabel", "--relabel-from", "all", "--relabel-margin", "0", "--epochs", "1", "--threads", "1",
+              "--val-trials", "", "--bootstrap", "0"]
+    [plain] = train_sort.main([*common, "--name", "plain"])
+    [cross] = train_sort.main([*common, "--cross-folds", "2"])
+    assert "relabels disputed by the held-out folds, dropped" in capsys.readouterr().out
+    source = load_utterance_list(tmp_path / "noisy" / "train_list.jsonl")
+    folds = [tmp_path / "noisy-folds2" / f"fold{k}" for k in (0, 1)]
+    parts = [{u.key for u in load_utterance_list(f / "train_list.jsonl")} for f in folds]
+    assert not parts[0] & parts[1] and parts[0] | parts[1] == {u.key for u in source}
+    assert all(load_yaml(f / "config.yaml")["epochs"] == 2 for f in folds)
+    noisy = {u.key: u.speaker for u in source}
+    moved = {run: {k for k, label in labels_of(tmp_path / run).items() if label not in ("-", noisy[k])}
+             for run in ("plain", "noisy-keep0-50-centroid-relabel-all-m0-cross2")}
+    dropped = {k for k, label in labels_of(tmp_path / "noisy-keep0-50-centroid-relabel-all-m0-cross2").items()
+               if label == "-"}
+    assert moved["noisy-keep0-50-centroid-relabel-all-m0-cross2"] <= moved["plain"]
+    assert cross["removed"] == cross["disputed"] == len(dropped) and plain["removed"] == 0
+    assert cross["relabelled"] + cross["disputed"] >= plain["relabelled"]  # each of plain's is agreed or disputed
+    assert "cross-checked by 2 folds, round 1)" in (tmp_path / "results.md").read_text()
+
+    # another margin asks for the same folds: the fold models are reused, not trained again
+    stamps = [(f / "results.json").stat().st_mtime_ns for f in folds]
+    other = [*common]
+    other[other.index("--relabel-margin") + 1] = "0.3"
+    train_sort.main([*other, "--cross-folds", "2"])
+    assert [(f / "results.json").stat().st_mtime_ns for f in folds] == stamps
+    # a fold folder trained on another list (another --seed deals other folds) is refused
+    with pytest.raises(UserError, match="fold0: trained on another list than this command's fold"):
+        train_sort.main([*common, "--cross-folds", "2", "--seed", "5", "--name", "seed5"])
