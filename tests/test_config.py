@@ -43,6 +43,8 @@ def test_list_flags():
     (["--compile", "maybe"], "compile: 'maybe' is not one of"),
     (["--demo-generator", "vocoder"], "demo_generator: 'vocoder' is not one of"),
     (["--action", "move"], "action: 'move' is not one of"),
+    (["--cross-folds", "1"], "cross_folds: 0 (off) or the number of folds, at least 2; got 1"),
+    (["--cross-folds", "-2"], "cross_folds: must be >= 0"),
 ])
 def test_bad_flags_are_one_line_errors(argv, message):
     with pytest.raises(ConfigError, match=None) as err:

@@ -295,8 +295,6 @@ CASES = [
          "--drop-unsure: --oracle ignores the scores; give one or the other"),
     Case("train_sort: --cross-folds with --action drop", lambda i: _sort(_sort_source(i), "--cross-folds", "2"),
          "--cross-folds: --action drop relabels nothing; use --action relabel or auto"),
-    Case("train_sort: --cross-folds 1", lambda i: _sort(_sort_source(i), "--action", "relabel", "--cross-folds", "1"),
-         "cross_folds: 0 (off) or the number of folds, at least 2; got 1"),
     Case("train_sort: --score-average 2, a source with no epoch checkpoint kept",
          lambda i: _sort(_sort_source(i), "--action", "relabel", "--score-average", "2"),
          "--score-average 2: {tmp}/src/checkpoints holds 0 epoch checkpoint(s); the run needs --keep-checkpoints 2"),
