@@ -503,3 +503,19 @@ def test_cross_folds_relabel_where_the_held_out_model_agrees_and_drop_the_disput
     # a fold folder trained on another list (another --seed deals other folds) is refused
     with pytest.raises(UserError, match="fold0: trained on another list than this command's fold"):
         train_sort.main([*common, "--cross-folds", "2", "--seed", "5", "--name", "seed5"])
+
+
+def test_fold_state_new_finished_unfinished_and_another_list(tmp_path):
+    out = tmp_path / "noisy-folds2" / "fold0"
+    part = UTTS[:2]
+    assert train_sort.fold_state(Config(), out, part) == "new"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "epoch_0001.pt").write_bytes(b"")
+    save_index(part, out / "train_list.jsonl")
+    with pytest.raises(UserError, match="fold0: holds an unfinished fold model; pass --resume to continue it"):
+        train_sort.fold_state(Config(), out, part)
+    assert train_sort.fold_state(Config(resume=True), out, part) == "unfinished"
+    (out / "results.json").write_text("{}")
+    assert train_sort.fold_state(Config(), out, part) == "finished"
+    with pytest.raises(UserError, match="fold0: trained on another list than this command's fold"):
+        train_sort.fold_state(Config(resume=True), out, UTTS[2:])
