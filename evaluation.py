@@ -5,7 +5,9 @@
                                                 all call it
     evaluate_checkpoint(cfg, checkpoint)        a run's test lists under its evaluation settings, with every
                                                 output: score files, calibration, eval/results.json|md, plots.
-                                                train.py's final test and `python inference.py` are this call
+                                                train.py's final test and `python inference.py` are this call;
+                                                with out=DIR, its scores/ and eval/ go to DIR (bench_sort's
+                                                held-out list), the run's own left as they are
 
 Outputs of `evaluate_checkpoint`, in the checkpoint's run folder <run>:
   scores/<list>[.<norm>][.<d>s].txt   `enroll test score label` per trial (no suffix: cosine, full length)
@@ -354,29 +356,32 @@ class Evaluation:
     files: dict[str, str]  # key -> file of every test (and calibration) file
 
 
-def evaluate_checkpoint(cfg: Config, checkpoint: Path, embedder: Embedder | None = None) -> Evaluation:
+def evaluate_checkpoint(cfg: Config, checkpoint: Path, embedder: Embedder | None = None,
+                        out: Path | None = None) -> Evaluation:
     """The test lists of cfg under its evaluation settings, scored, calibrated (cfg.calibrate) and reported in
-    the run folder (module docstring). `embedder` defaults to the checkpoint's own (checkpoint_embedder).
+    the run folder, or with `out` in out/scores and out/eval (module docstring; the embedding cache stays the
+    run's). `embedder` defaults to the checkpoint's own (checkpoint_embedder).
     Under torchrun every rank calls it: each embeds its share of the files (Embedder.embed) and gets every
     result; rank 0 alone writes."""
     run, main = run_dir(checkpoint), current().main
+    folder = out or run
     if not cfg.test_trials:
         raise UserError("nothing to evaluate: no --test-trials (pair mode: --enroll AUDIO --test AUDIO)")
     embedder = embedder or checkpoint_embedder(cfg, load_trained(checkpoint).model, checkpoint)
     lists = load_trial_lists(cfg.test_trials, cfg.test_data)
     dev = load_trial_lists([cfg.calibrate], cfg.calibrate_data or cfg.val_data)[0] if cfg.calibrate else None
     scorer = scorer_from_config(cfg, run, embedder, cfg.score_norm)
-    rows = evaluate(embedder, lists, scorer, plan_from_config(cfg), run / "scores" if main else None)
+    rows = evaluate(embedder, lists, scorer, plan_from_config(cfg), folder / "scores" if main else None)
     signatures = {norm: scoring_signature(cfg, embedder, norm) for norm in cfg.score_norm}
-    calibration_file = run / "eval" / "calibration.json"
+    calibration_file = folder / "eval" / "calibration.json"
     records = _calibrations(cfg, dev, embedder, scorer, signatures, calibration_file, main)
     for row in rows:
         record = records.get(row.result.score_norm)
         if record:
             row.cllr = cllr(record.calibration.llr(row.result.scores), row.result.labels)
     header = report_header(cfg, checkpoint, embedder, scorer, records, calibration_file)
-    markdown = write_report(run / "eval", header, rows) if main else report_markdown(header, rows)
-    log.info("scores in %s, results and plots in %s", run / "scores", run / "eval")
+    markdown = write_report(folder / "eval", header, rows) if main else report_markdown(header, rows)
+    log.info("scores in %s, results and plots in %s", folder / "scores", folder / "eval")
     files = {k: p for tl in [*lists, *([dev] if dev else [])] for k, p in tl.files.items()}
     return Evaluation(rows, markdown, files)
 

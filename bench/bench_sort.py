@@ -4,6 +4,8 @@
     python -m bench.bench_sort --corpus harmonic --methods drop auto oracle-drop --seeds 0 1 2 -- --epochs 8
     python -m bench.bench_sort --keep 5-95 10-90 0-90 0-80 --methods drop    # the earlier comparison of ranges
     python -m bench.bench_sort --methods auto-all oracle-drop --rounds 2 -- --epochs 8   # a row per round
+    python -m bench.bench_sort --corpus harmonic --methods relabel-all-cross oracle-drop --versus oracle-drop \
+        --held-out corpora/harmonic-test400/test/trials.txt corpora/harmonic-test400/test/wav --seeds 0 1 2
 
 Run from the repository root. `--corpus demo` is the generated demo corpus (the config defaults); `--corpus
 harmonic` gives every run `--config recipes/harmonic.yaml`. Every run of a seed shares one config: the
@@ -48,13 +50,28 @@ moved from clean utterances of a speaker (1 = every moved one ranks below every 
 best-val checkpoint's; min-max over the seeds) and minDCF(0.01); "gap closed" = (EER noisy - EER row) /
 (EER noisy - EER clean) from the means, with the range of the seeds' own gaps; and the pooled paired verdict
 of the row (A) against its noise level's noisy run (B): sweep.pooled, speakers and seeds resampled, on the
-score files compare.py reads.
+score files compare.py reads. `--versus METHOD` adds a column: the same verdict against METHOD's row of the
+noise level (e.g. `--versus oracle-drop`: does a method beat a perfect detector's drop?).
+
+`--held-out TRIALS DATA` scores every run's model (the checkpoint its test EER came from) on a second trial
+list as well, and tabulates the same rows on it: a list none of the choices was tuned on and, generated
+larger than the corpus's own test split, one whose EERs vary less from speaker sampling (the 40 test speakers
+of either corpus give a 95 % interval of the EER 4 points wide at 8 %, harmonic, and 3 at 4 %, demo). The
+scores go to <run>/held-out/<list>-<sha1>/ (evaluation.evaluate_checkpoint with out=; the run's own scores
+and eval/ untouched, the embeddings cached in the run), so a second bench reads them back.
+A held-out list from each corpus's own generator, with another seed:
+
+    python -m data.synth_harmonic --out corpora/harmonic-test400 --seed 1 --num-train-speakers 1 \
+        --num-val-speakers 2 --num-val-trials 10 --num-test-speakers 400 --test-utts-per-speaker 8 \
+        --num-test-trials 20000
+    python -m data.synth --out corpora/demo-test400 --seed 1 ... (the same flags)
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 import sys
@@ -70,9 +87,10 @@ import train
 import train_sort
 from compare import OneLineParser, read_score_file, score_path
 from config import FIELDS, Config, build_config, load_yaml
-from evaluation import read_train_list
+from embedding import file_sha1
+from evaluation import evaluate_checkpoint, read_train_list
 from metrics import P_TARGETS, verdict
-from runs import latest_checkpoint
+from runs import latest_checkpoint, load_trained
 from utils import UserError, atomic_write_text, run_main
 
 log = logging.getLogger("voiceprint")
@@ -307,27 +325,80 @@ def experiment(root: Path, plan: Plan, flags: list[str]) -> list[dict]:
     return rows
 
 
+# --- the held-out list ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class HeldOut:
+    """A trial list none of the runs was trained, validated or tuned on (--held-out TRIALS DATA)."""
+    trials: Path
+    data: Path
+    sha1: str
+
+    @property
+    def folder(self) -> str:  # <run>/held-out/<this>: another list (or an edited one) gets another folder
+        return f"{self.trials.stem}-{self.sha1[:10]}"
+
+
+def held_out_row(row: dict, held: HeldOut) -> dict:
+    """The row with its model (the checkpoint its test EER came from) scored on the held-out list instead:
+    evaluate_checkpoint with out=<run>/held-out/<list>-<sha1> (the run's own scores and eval/ untouched; the
+    embeddings cached in the run); read back when that folder has its results."""
+    run = row["run"]
+    out = run / "held-out" / held.folder
+    done = out / "eval" / "results.json"
+    if not done.is_file():
+        checkpoint = run / json.loads((run / "results.json").read_text())["checkpoint"]
+        trained = load_trained(checkpoint)
+        cfg = build_config({"test_trials": [str(held.trials)], "test_data": str(held.data), "calibrate": "",
+                            "score_norm": ["none"], "test_durations": [], "bootstrap": 0},
+                           base=dataclasses.asdict(trained.cfg))
+        log.info("bench_sort: %s on the held-out list %s", checkpoint, held.trials)
+        evaluate_checkpoint(cfg, checkpoint, out=out)
+    r = json.loads(done.read_text())["results"][0]
+    return {**row, "run": out, "eer": r["eer"], "min_dcf": r["min_dcf"][str(P_TARGETS[0])]}
+
+
 # --- the table -------------------------------------------------------------------------------------------
 
 def noisy_id(noise: float) -> str:
     return f"noisy-{noise:g}"
 
 
-def pooled_verdicts(per_seed: list[list[dict]], unit: str, rounds: int) -> dict[str, str]:
-    """Each cleaned row's pooled paired verdict against its noise level's noisy run, over the seeds
-    (sweep.pooled on the first test list's score files; A = the row, B = the noisy run)."""
+def pooled_verdicts(per_seed: list[list[dict]], unit: str, rounds: int,
+                    against: Callable[[dict], str | None]) -> dict[str, str]:
+    """Each row's pooled paired verdict against the row `against` names (None: no verdict), over the seeds
+    (sweep.pooled on the first test list's score files; A = the row, B = the other)."""
     runs = [{row["id"]: row["run"] for row in seed_rows} for seed_rows in per_seed]
     out = {}
     for row in per_seed[0]:
-        if row["noise"] == 0 or row["id"] == noisy_id(row["noise"]):
+        other = against(row)
+        if other is None or other == row["id"]:
             continue
         a = [read_score_file(score_path(r[row["id"]], "", "none")) for r in runs]
-        b = [read_score_file(score_path(r[noisy_id(row["noise"])], "", "none")) for r in runs]
+        b = [read_score_file(score_path(r[other], "", "none")) for r in runs]
         speakers = sweep.speakers([*a, *b], argparse.Namespace(unit=unit, utt2spk=""))
         point, (low, high) = sweep.pooled(a, b, speakers, rounds)
         out[row["id"]] = (f"{sweep.percent(point)} [{sweep.percent(low)}, {sweep.percent(high)}] "
                           f"{VERDICT_WORDS[verdict((low, high))]}")
     return out
+
+
+def against_noisy(row: dict) -> str | None:
+    """A cleaned row's noisy run (the table's last column); none for the clean and noisy runs."""
+    return None if row["noise"] == 0 else noisy_id(row["noise"])
+
+
+def against_method(rows: list[dict], method: str) -> Callable[[dict], str | None]:
+    """--versus METHOD: each noisy-level row against that level's row of METHOD (its name, the first row whose
+    label starts with it: "oracle-drop", "relabel-all-cross 0-80 ..."); an error when a level has none."""
+    chosen: dict[float, str] = {}
+    for row in rows:
+        if row["noise"] > 0 and row["noise"] not in chosen and (row["method"] + " ").startswith(method + " "):
+            chosen[row["noise"]] = row["id"]
+    missing = sorted({r["noise"] for r in rows if r["noise"] > 0} - set(chosen))
+    if missing:
+        raise UserError(f"--versus {method}: no such row at noise {missing[0]:g}; it must be one of --methods")
+    return lambda row: chosen[row["noise"]] if row["noise"] > 0 and row["method"] != "noisy" else None
 
 
 def gap_cell(row: dict, by_id: list[dict[str, dict]], mean: dict[str, dict]) -> str:
@@ -344,15 +415,17 @@ def gap_cell(row: dict, by_id: list[dict[str, dict]], mean: dict[str, dict]) -> 
     return text + (f" ({100 * min(gaps):.0f}% to {100 * max(gaps):.0f}%)" if len(gaps) == len(by_id) else " (n/a)")
 
 
-def table(per_seed: list[list[dict]], verdicts: dict[str, str]) -> str:
+def table(per_seed: list[list[dict]], verdicts: dict[str, str],
+          versus: tuple[str, dict[str, str]] | None = None) -> str:
     """One row per run of the first seed, matched by id in the others: means over seeds (and the EER's range);
-    gap closed from the mean EERs."""
+    gap closed from the mean EERs; with `versus` (a method, its verdicts), a last column of them."""
     by_id = [{row["id"]: row for row in seed_rows} for seed_rows in per_seed]
     many = len(per_seed) > 1
     eer_head = f"test EER % (mean of {len(per_seed)} seeds; min-max)" if many else "test EER %"
     lines = [f"| label noise | method | removed | relabelled (to true speaker) | labels left wrong | precision | "
              f"recall | score AUC | {eer_head} | minDCF{P_TARGETS[0]} | gap closed (seeds' range) | vs noisy: A - B "
-             "EER % pooled (95% interval) |", "|" + "---|" * 12]
+             "EER % pooled (95% interval) |" + (f" vs {versus[0]}: A - B |" if versus else ""),
+             "|" + "---|" * (13 if versus else 12)]
     mean = {}
     for row in per_seed[0]:
         values = [s[row["id"]] for s in by_id]
@@ -371,7 +444,8 @@ def table(per_seed: list[list[dict]], verdicts: dict[str, str]) -> str:
         gap = gap_cell(row, by_id, mean) if row["noise"] > 0 and row["id"] != noisy_id(row["noise"]) else ""
         lines.append(f"| {row['noise']:g} | {row['method']} | {cell('removed', 0)} | {relabelled} | "
                      f"{cell('wrong', 0)} | {cell('precision', 2)} | {cell('recall', 2)} | {cell('auc', 3)} | {eer} | "
-                     f"{cell('min_dcf', 4)} | {gap} | {verdicts.get(row['id'], '')} |")
+                     f"{cell('min_dcf', 4)} | {gap} | {verdicts.get(row['id'], '')} |"
+                     + (f" {versus[1].get(row['id'], '')} |" if versus else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -419,6 +493,11 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                         "(default: the noisy run's epochs)")
     parser.add_argument("--unit", choices=("speaker", "trial"), default="speaker", help="what the verdicts resample")
     parser.add_argument("--verdict-rounds", type=int, default=1000, help="bootstrap replicates of the verdicts")
+    parser.add_argument("--versus", metavar="METHOD", help="a last column: each row's pooled verdict against "
+                        "METHOD's row of its noise level (e.g. oracle-drop; one of --methods)")
+    parser.add_argument("--held-out", nargs=2, type=Path, metavar=("TRIALS", "DATA"), help="also score every "
+                        "run's model on this trial list (files under DATA), one none of them was tuned on, and "
+                        "tabulate that too (scores in <run>/held-out/)")
     parser.add_argument("--oracle", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv[:cut])
     if args.oracle:
@@ -447,17 +526,43 @@ def check(args: argparse.Namespace, flags: list[str]) -> Plan:
         raise UserError(f"--score-average: must be >= 0, got {args.score_average}")
     if args.relabel_margin is not None and not 0 <= args.relabel_margin < 2:
         raise UserError(f"--relabel-margin: a cosine gain in [0, 2), got {args.relabel_margin}")
+    if args.versus is not None and args.versus not in args.methods:
+        raise UserError(f"--versus {args.versus}: not one of --methods ({' '.join(args.methods)})")
     return Plan(args.noise, list(dict.fromkeys(args.methods)), [parse_keep(k) for k in args.keep],
                 args.filter_share, args.filter_warmup, args.rounds, args.score_average, args.relabel_margin)
+
+
+def held_out_list(trials: Path, data: Path) -> HeldOut:
+    """--held-out TRIALS DATA, checked before anything trains (every file it names is checked when scored)."""
+    if not trials.is_file():
+        raise UserError(f"--held-out {trials}: no such trial list")
+    if not data.is_dir():
+        raise UserError(f"--held-out {trials} {data}: no such folder of audio")
+    return HeldOut(trials, data, file_sha1(trials))
+
+
+def tabulate(per_seed: list[list[dict]], args: argparse.Namespace) -> str:
+    """The table of these rows, with the verdicts against the noisy runs (and against --versus)."""
+    verdicts = pooled_verdicts(per_seed, args.unit, args.verdict_rounds, against_noisy)
+    versus = None
+    if args.versus:
+        versus = (args.versus, pooled_verdicts(per_seed, args.unit, args.verdict_rounds,
+                                               against_method(per_seed[0], args.versus)))
+    return table(per_seed, verdicts, versus)
 
 
 def main(argv: list[str] | None = None) -> str:
     args, flags = parse(sys.argv[1:] if argv is None else argv)
     plan = check(args, flags)
     root = args.root / args.corpus
+    held = held_out_list(*args.held_out) if args.held_out else None
     per_seed = [experiment(root / f"seed{seed}", plan, [*corpus_flags(args.corpus), *flags, "--seed", str(seed)])
                 for seed in args.seeds]
-    text = table(per_seed, pooled_verdicts(per_seed, args.unit, args.verdict_rounds))
+    text = tabulate(per_seed, args)
+    if held:
+        text += (f"\nThe same models on the held-out list {held.trials} (files under {held.data}; sha1 "
+                 f"{held.sha1[:10]}), scored by evaluation.evaluate_checkpoint into <run>/held-out/{held.folder}/:\n\n")
+        text += tabulate([[held_out_row(row, held) for row in seed_rows] for seed_rows in per_seed], args)
     text += notes(plan, args.corpus, args.verdict_rounds)
     atomic_write_text(root / "bench_sort.md", text)
     print(text)

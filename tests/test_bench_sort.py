@@ -3,6 +3,7 @@ verdicts from score files, and its one-line errors. Nothing is trained."""
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -70,9 +71,37 @@ def test_pooled_verdicts_against_the_noisy_run(tmp_path):
             r["run"] = tmp_path / f"seed{seed}" / r["id"]
             write_scores(r["run"], labels + spread * rng.normal(size=160), labels)
         per_seed.append(rows)
-    verdicts = bench.pooled_verdicts(per_seed, "speaker", 200)
+    verdicts = bench.pooled_verdicts(per_seed, "speaker", 200, bench.against_noisy)
     assert set(verdicts) == {"noisy-0.2-keep0-80-auto", "noisy-0.2-oracle-drop"}
     assert verdicts["noisy-0.2-keep0-80-auto"].endswith(" better") and " [" in verdicts["noisy-0.2-keep0-80-auto"]
+    versus = bench.pooled_verdicts(per_seed, "speaker", 200, bench.against_method(per_seed[0], "oracle-drop"))
+    assert set(versus) == {"noisy-0.2-keep0-80-auto"} and versus["noisy-0.2-keep0-80-auto"].endswith(" better")
+    auto = bench.pooled_verdicts(per_seed, "speaker", 200, bench.against_method(per_seed[0], "auto"))
+    assert set(auto) == {"noisy-0.2-oracle-drop"} and auto["noisy-0.2-oracle-drop"].endswith(" worse")
+    lines = bench.table(per_seed, verdicts, ("oracle-drop", versus)).splitlines()
+    assert lines[0].endswith("| vs oracle-drop: A - B |") and lines[1] == "|" + "---|" * 13
+    assert lines[4].endswith(f"| {verdicts['noisy-0.2-keep0-80-auto']} | {versus['noisy-0.2-keep0-80-auto']} |")
+    assert lines[5].endswith("|  |") and lines[3].endswith("|  |  |  |")  # the reference itself; the noisy run
+    with pytest.raises(UserError, match="--versus subcenter: no such row at noise 0.2"):
+        bench.against_method(per_seed[0], "subcenter")
+
+
+def test_held_out_list_scores_each_model_beside_its_run(trained_run, tiny_corpus, tmp_path, monkeypatch):
+    """--held-out: the checkpoint a row's EER came from, scored on another list into <run>/held-out/<list>-<sha1>
+    (the run's own scores and report untouched); read back, not re-scored, when there."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    own = {p: p.read_bytes() for p in [*(run / "scores").iterdir(), *(run / "eval").glob("results.*")]}
+    trials = tmp_path / "other.txt"
+    trials.write_text((tiny_corpus / "test/trials.txt").read_text())  # the test list under another name
+    held = bench.held_out_list(trials, tiny_corpus / "test/wav")
+    r = bench.held_out_row(row("run", 0.0, "clean", 0.5) | {"run": run}, held)
+    assert r["run"] == run / "held-out" / f"other-{held.sha1[:10]}" and (r["run"] / "scores/other.txt").is_file()
+    recorded = json.loads((run / "results.json").read_text())["results"][0]
+    assert r["eer"] == pytest.approx(recorded["eer"]) and r["min_dcf"] == pytest.approx(recorded["min_dcf"]["0.01"])
+    assert {p: p.read_bytes() for p in own} == own and r["method"] == "clean"
+    monkeypatch.setattr(bench, "evaluate_checkpoint", lambda *a, **k: pytest.fail("scored again"))
+    assert bench.held_out_row(row("run", 0.0, "clean", 0.5) | {"run": run}, held) == r
 
 
 def test_each_method_trains_the_runs_it_names(tmp_path, monkeypatch):
@@ -173,6 +202,8 @@ def test_rounds_give_a_row_each_resume_the_earlier_rounds_and_repeat_a_stopped_o
     (["--", "--lr", "x"], "lr: cannot use 'x'"),
     (["--filter-share", "1.5"], "--filter-share: must be in (0, 1)"),
     (["--rounds", "0"], "--rounds: must be >= 1"),
+    (["--methods", "drop", "--versus", "oracle-drop"], "--versus oracle-drop: not one of --methods (drop)"),
+    (["--held-out", "nowhere.txt", "."], "--held-out nowhere.txt: no such trial list"),
 ])
 def test_bad_command_lines_fail_before_any_run(argv, message, tmp_path):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
