@@ -193,16 +193,22 @@ class Scores:
     suspects: np.ndarray | None = None  # subcenter: (N,) nearest a non-dominant sub-centre of the class
 
 
+def centroid_scores(embeddings: np.ndarray, labels: np.ndarray, num_speakers: int) -> Scores:
+    """Each utterance's leave-one-out centroid score, and each speaker's centroid (its mean embedding,
+    L2-normalised), of L2-normalised embeddings (N, D) whose labels (N,) index num_speakers speakers."""
+    sums = np.zeros((num_speakers, embeddings.shape[1]))
+    np.add.at(sums, labels, embeddings)
+    score = leave_one_out_centroid_scores(embeddings, labels)
+    return Scores(score, score, l2_normalise(sums))
+
+
 @torch.no_grad()
 def utterance_scores(trained: Trained, sort_by: str, embeddings: np.ndarray, labels: np.ndarray,
                      rows: np.ndarray) -> Scores:
     """Scores and speaker centres (module docstring) of L2-normalised embeddings (N, D); `labels` (N,) index
     the list's sorted speakers, `rows` (S,) are those speakers' classes in the head."""
     if sort_by == "centroid":
-        sums = np.zeros((len(rows), embeddings.shape[1]))
-        np.add.at(sums, labels, embeddings)
-        score = leave_one_out_centroid_scores(embeddings, labels)
-        return Scores(score, score, l2_normalise(sums))
+        return centroid_scores(embeddings, labels, len(rows))
     if sort_by == "subcenter":
         weights = trained.head.subcenter_weights().detach().float().cpu().numpy()[rows]  # (S, K, D)
         score, centres, suspects = subcenter_scores(embeddings, labels, weights)
@@ -277,11 +283,9 @@ def held_out_targets(fold_embeddings: Sequence[np.ndarray], fold: np.ndarray, la
     are its mean embeddings of each speaker's utterances, an utterance left out of its own speaker's."""
     targets: dict[int, int] = {}
     for k, emb in enumerate(fold_embeddings):
-        sums = np.zeros((labels.max() + 1, emb.shape[1]))
-        np.add.at(sums, labels, emb)
-        own = leave_one_out_centroid_scores(emb, labels)
+        scores = centroid_scores(emb, labels, labels.max() + 1)
         mine = candidates[fold[candidates] == k]
-        targets.update(relabel_choice(emb, labels, own, l2_normalise(sums), mine, margin)[0])
+        targets.update(relabel_choice(emb, labels, scores.own, scores.centres, mine, margin)[0])
     return targets
 
 

@@ -283,6 +283,8 @@ def test_bench_relabel_cross_folds_rows_are_train_sorts_cross_checked_selection(
     (["--relabel-margin", "-0.1"], "--relabel-margin: a cosine gain in [0, 2), got -0.1"),
     (["--relabel-margin", "x"], "--relabel-margin: invalid float value: 'x'"),
     (["--methods", "unsure"], "--methods: invalid choice: 'unsure'"),
+    (["--held-out", "nowhere.txt", "."], "--held-out nowhere.txt: no such trial list"),
+    (["--methods", "drop", "--versus", "oracle-drop"], "--versus oracle-drop: not one of --methods (drop)"),
 ])
 def test_bad_flags_are_one_line_errors(tmp_path, flags, message):
     proc = subprocess.run([sys.executable, "-m", "bench.bench_sort", "--root", str(tmp_path), *flags],
